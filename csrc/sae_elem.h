@@ -1,0 +1,125 @@
+// Torch-free description of the kernels' inputs, shared by the CPU kernel, the CUDA
+// kernel and the host-emulated warp. Everything here compiles for host and device.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define SAE_HD __host__ __device__ __forceinline__
+#else
+#define SAE_HD inline
+#endif
+
+namespace sae {
+
+// Storage kinds the kernels read. One-byte integers (bool, uint8, int8) share B8 because
+// the only question ever asked of them is "nonzero?".
+enum class Kind : int32_t { F32, F64, F16, BF16, B8, I16, I32, I64 };
+
+SAE_HD int kind_size(Kind k) {
+  switch (k) {
+    case Kind::F64: case Kind::I64: return 8;
+    case Kind::F32: case Kind::I32: return 4;
+    case Kind::F16: case Kind::BF16: case Kind::I16: return 2;
+    default: return 1;
+  }
+}
+
+// A strided [B, T] view: element (b, t) lives at ptr + (b * sb + t * st) * size.
+// A [B] vector is a Mat with st == 0. ptr == nullptr reads as all zeros.
+struct Mat {
+  const void* ptr;
+  int64_t sb;
+  int64_t st;
+  Kind kind;
+};
+
+template <typename To, typename From>
+SAE_HD To bit_cast(const From& from) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast size mismatch");
+  To to;
+  memcpy(&to, &from, sizeof(To));
+  return to;
+}
+
+// Exact conversions written out by hand so that host and device agree without either
+// side's half-precision headers.
+SAE_HD float bf16_bits_to_float(uint16_t h) { return bit_cast<float>(uint32_t(h) << 16); }
+
+SAE_HD float f16_bits_to_float(uint16_t h) {
+  const uint32_t sign = uint32_t(h & 0x8000u) << 16;
+  const uint32_t exp = (h >> 10) & 0x1fu;
+  const uint32_t man = h & 0x3ffu;
+  if (exp == 0) {  // zero or subnormal: man * 2^-24, exact in float
+    const float mag = float(man) * 5.9604644775390625e-8f;
+    return sign ? -mag : mag;
+  }
+  if (exp == 31) return bit_cast<float>(sign | 0x7f800000u | (man << 13));
+  return bit_cast<float>(sign | ((exp + 112u) << 23) | (man << 13));
+}
+
+// Element i of a run of storage `kind`, converted exactly to acc_t. Only floating kinds
+// are ever read as numbers (the launchers reject integer rewards/values).
+template <typename acc_t>
+SAE_HD acc_t load_number(Kind kind, const void* p, int64_t i) {
+  switch (kind) {
+    case Kind::F64: return acc_t(static_cast<const double*>(p)[i]);
+    case Kind::F16: return acc_t(f16_bits_to_float(static_cast<const uint16_t*>(p)[i]));
+    case Kind::BF16: return acc_t(bf16_bits_to_float(static_cast<const uint16_t*>(p)[i]));
+    default: return acc_t(static_cast<const float*>(p)[i]);
+  }
+}
+
+// mask[t] != 0 in the storage's own sense: -0.0 is zero, NaN is nonzero.
+SAE_HD bool load_nonzero(Kind kind, const void* p, int64_t i) {
+  switch (kind) {
+    case Kind::B8: return static_cast<const uint8_t*>(p)[i] != 0;
+    case Kind::I16: return static_cast<const int16_t*>(p)[i] != 0;
+    case Kind::I32: return static_cast<const int32_t*>(p)[i] != 0;
+    case Kind::I64: return static_cast<const int64_t*>(p)[i] != 0;
+    case Kind::F64: return static_cast<const double*>(p)[i] != 0.0;
+    default: return load_number<float>(kind, p, i) != 0.0f;
+  }
+}
+
+// Hyperparameters as the kernels use them. The segmentation threshold log(p) is held
+// twice: in float64 for float64 log-probs, and as the smallest float32 >= log(p) for all
+// narrower ones, which decides every float32 log-prob exactly as the float64 test would.
+struct Params {
+  double gamma;
+  double lam;
+  double lam_inner;
+  double log_p64;
+  float log_p32;
+};
+
+// Where token t's "starts a new segment" flag comes from: log-probs under a threshold, or
+// a user-supplied bool tensor.
+struct CutSource {
+  Mat src;
+  bool from_logprobs;
+};
+
+// Does token `i` of a run at `ptr` (of the cut source's kind) start a new segment?
+SAE_HD bool is_cut(const CutSource& c, const Params& p, const void* ptr, int64_t i) {
+  if (!c.from_logprobs) return load_nonzero(c.src.kind, ptr, i);
+  if (c.src.kind == Kind::F64) return static_cast<const double*>(ptr)[i] < p.log_p64;
+  return load_number<float>(c.src.kind, ptr, i) < p.log_p32;  // NaN: false
+}
+
+// Everything one row-scan needs, for the forward (advantages) and the adjoint pass.
+struct ScanArgs {
+  int64_t B, T;
+  Mat a;          // forward: rewards;  adjoint: grad_advantages (ptr may be null)
+  Mat b;          // forward: values;   adjoint: grad_returns    (ptr may be null)
+  Mat mask;
+  CutSource cut;
+  Mat bootstrap;  // forward only: [B] (st == 0); ptr null means 0
+  void* out0;     // forward: advantages; adjoint: grad_rewards   (contiguous [B, T])
+  void* out1;     // forward: returns;    adjoint: grad_values    (contiguous [B, T])
+  void* out2;     // adjoint only: grad_bootstrap [B]; may be null
+  Params p;
+};
+
+}  // namespace sae

@@ -1,0 +1,45 @@
+// The per-token arithmetic of SAE, written once for every backend.
+//
+// The contract's recursion carries (next_value, next_adv, next_is_boundary). It folds into
+// one scalar, w = next_value + lambda(next_is_boundary) * next_adv (a lambda-return), so
+// that each token's update depends on that token alone:
+//     R_t = r_t + gamma * w,   A_t = R_t - V_t,   w <- V_t + lambda_t * A_t
+// where lambda_t is lam if token t starts a segment and lam_inner otherwise; w starts at
+// the bootstrap value and masked tokens leave it untouched. As an affine map of w this is
+//     w <- (gamma * lambda_t) * w + (V_t + lambda_t * (r_t - V_t)),
+// which is what the CUDA warp scan composes.
+//
+// The adjoint (gradients of a loss through A and R into r, V and the bootstrap) is the
+// same kind of recursion run forward in time, carrying u = dLoss/dw:
+//     g = gA_t + gR_t,  dr_t = g + lambda_t * u,  dV_t = (1 - lambda_t) * u - gA_t,
+//     u <- gamma * dr_t,   and dLoss/dbootstrap = u after the last token.
+#pragma once
+
+#include "sae_elem.h"
+
+namespace sae {
+
+template <typename acc_t>
+SAE_HD void forward_token(acc_t r, acc_t v, acc_t lam_t, acc_t gamma, acc_t& w, acc_t& adv,
+                          acc_t& ret) {
+  ret = r + gamma * w;
+  adv = ret - v;
+  w = v + lam_t * adv;
+}
+
+template <typename acc_t>
+SAE_HD void adjoint_token(acc_t ga, acc_t gr, acc_t lam_t, acc_t gamma, acc_t& u, acc_t& dr,
+                          acc_t& dv) {
+  const acc_t g = ga + gr;
+  dr = g + lam_t * u;
+  dv = (acc_t(1) - lam_t) * u - ga;
+  u = gamma * dr;
+}
+
+// lambda applied when stepping from token t to its predecessor.
+template <typename acc_t>
+SAE_HD acc_t token_lambda(bool cut, const Params& p) {
+  return cut ? acc_t(p.lam) : acc_t(p.lam_inner);
+}
+
+}  // namespace sae

@@ -1,0 +1,38 @@
+// Every sae op schema, in one place. Kernels are registered per backend in their own
+// files (cpu/, cuda/, emulated/); fake kernels and autograd are registered in Python.
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// The ops register themselves when this library is loaded; Python only needs an init
+// function to import it. Built against the limited API so one wheel serves every Python.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(sae, m) {
+  // SAE advantages and returns, segments cut where logprobs < log(threshold) (fused, one pass).
+  m.def("advantages(Tensor rewards, Tensor values, Tensor logprobs, Tensor mask, float gamma, "
+        "float lam, float lam_inner, float threshold, Tensor? bootstrap=None) "
+        "-> (Tensor advantages, Tensor returns)");
+  // The same recursion with segment starts given by the caller as a bool [B, T] tensor.
+  m.def("advantages_from_boundaries(Tensor rewards, Tensor values, Tensor boundaries, "
+        "Tensor mask, float gamma, float lam, float lam_inner, Tensor? bootstrap=None) "
+        "-> (Tensor advantages, Tensor returns)");
+  // Where segments start: mask != 0 and logprobs < log(threshold), as bool [B, T].
+  m.def("segment_boundaries(Tensor logprobs, Tensor mask, float threshold) -> Tensor");
+  // Adjoint of either advantages op: gradients into rewards, values and bootstrap.
+  m.def("advantages_backward(Tensor? grad_advantages, Tensor? grad_returns, Tensor mask, "
+        "Tensor? logprobs, Tensor? boundaries, float gamma, float lam, float lam_inner, "
+        "float threshold) -> (Tensor grad_rewards, Tensor grad_values, Tensor grad_bootstrap)");
+  // Test hook: the CUDA kernel's per-warp algorithm run on CPU tensors with an emulated warp.
+  m.def("_warp_emulated_advantages(Tensor rewards, Tensor values, Tensor logprobs, Tensor mask, "
+        "float gamma, float lam, float lam_inner, float threshold, Tensor? bootstrap=None) "
+        "-> (Tensor advantages, Tensor returns)");
+  // Test hook: the CUDA adjoint kernel's per-warp algorithm, emulated likewise.
+  m.def("_warp_emulated_advantages_backward(Tensor? grad_advantages, Tensor? grad_returns, "
+        "Tensor mask, Tensor? logprobs, Tensor? boundaries, float gamma, float lam, "
+        "float lam_inner, float threshold) -> (Tensor, Tensor, Tensor)");
+}

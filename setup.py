@@ -15,7 +15,6 @@ from setuptools import find_packages, setup
 from torch.utils import cpp_extension
 
 ROOT = Path(__file__).parent
-PY_LIMITED_API = 0x030A0000  # one abi3 wheel for CPython >= 3.10
 
 
 def cuda_wanted() -> bool:
@@ -39,6 +38,7 @@ def extensions():
     opt = ["-O0", "-g"] if debug else ["-O3"]
     sources = [
         "csrc/torch_bindings.cpp",
+        "csrc/python_module.cpp",
         "csrc/sae_checks.cpp",
         "csrc/cpu/sae_cpu.cpp",
         "csrc/emulated/sae_emulated.cpp",
@@ -46,9 +46,10 @@ def extensions():
     # fp-contract=off: no fused multiply-adds, so every row gets the same IEEE arithmetic
     # wherever the compiler vectorises or not.
     cxx = opt + ["-ffp-contract=off", "-fdiagnostics-color=always"]
+    # py_limited_api: torch defines Py_LIMITED_API itself, so one abi3 wheel serves every
+    # CPython it supports; our only Python code in C++ is the empty module in python_module.cpp.
     kwargs = dict(
         extra_compile_args={"cxx": cxx},
-        define_macros=[("Py_LIMITED_API", hex(PY_LIMITED_API))],
         py_limited_api=True,
     )
     if cuda_wanted():

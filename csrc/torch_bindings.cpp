@@ -1,16 +1,7 @@
 // Every sae op schema, in one place. Kernels are registered per backend in their own
 // files (cpu/, cuda/, emulated/); fake kernels and autograd are registered in Python.
-#include <Python.h>
+// Python-free, so libtorch users link the same file (see CMakeLists.txt).
 #include <torch/library.h>
-
-extern "C" {
-// The ops register themselves when this library is loaded; Python only needs an init
-// function to import it. Built against the limited API so one wheel serves every Python.
-PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}
-}
 
 TORCH_LIBRARY(sae, m) {
   // SAE advantages and returns, segments cut where logprobs < log(threshold) (fused, one pass).

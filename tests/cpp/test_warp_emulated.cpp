@@ -1,0 +1,417 @@
+// Runs the CUDA kernel's per-warp algorithm (csrc/cuda/sae_warp.h) on an emulated warp
+// and checks it against the contract's recursion, written here literally in float64.
+// Torch-free so it builds fast and runs under AddressSanitizer: every input lives in a
+// heap buffer of exactly the bytes its view spans, so a read past a row's end is caught.
+//
+// Usage: test_warp_emulated <case>   (cases listed in main; ctest runs each)
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "cuda/sae_warp.h"
+#include "emulated/warp_emulator.h"
+
+using namespace sae;
+
+namespace {
+
+int g_failures = 0;
+int g_checks = 0;
+
+#define CHECK(cond, ...)                                  \
+  do {                                                    \
+    ++g_checks;                                           \
+    if (!(cond)) {                                        \
+      ++g_failures;                                       \
+      std::fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+      std::fprintf(stderr, __VA_ARGS__);                  \
+      std::fprintf(stderr, "\n");                         \
+    }                                                     \
+  } while (0)
+
+uint16_t float_to_f16_bits(float f) {  // round to nearest even; test data is in normal range
+  uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const uint32_t sign = (x >> 16) & 0x8000u;
+  const int exp = int((x >> 23) & 0xff) - 127 + 15;
+  uint32_t man = x & 0x7fffffu;
+  if (exp <= 0) return uint16_t(sign);  // flush tiny values: fine for test data
+  uint32_t h = sign | (uint32_t(exp) << 10) | (man >> 13);
+  const uint32_t rest = man & 0x1fffu;
+  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;
+  return uint16_t(h);
+}
+
+// A [B, T] tensor stored with element stride `st` along T, in a buffer of exactly the bytes
+// the view spans.
+struct Buffer {
+  std::vector<unsigned char> bytes;
+  Mat mat;
+};
+
+Buffer make_buffer(Kind kind, int64_t B, int64_t T, int64_t st,
+                   const std::function<double(int64_t, int64_t)>& value) {
+  const int size = kind_size(kind);
+  const int64_t sb = T * st;
+  const int64_t elems = (B == 0 || T == 0) ? 0 : (B - 1) * sb + (T - 1) * st + 1;
+  Buffer buf;
+  buf.bytes.assign(size_t(elems * size), 0);
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t t = 0; t < T; ++t) {
+      unsigned char* p = buf.bytes.data() + (b * sb + t * st) * size;
+      const double x = value(b, t);
+      switch (kind) {
+        case Kind::F32: { float f = float(x); std::memcpy(p, &f, 4); break; }
+        case Kind::F64: std::memcpy(p, &x, 8); break;
+        case Kind::F16: { uint16_t h = float_to_f16_bits(float(x)); std::memcpy(p, &h, 2); break; }
+        case Kind::BF16: {
+          float f = float(x);
+          uint32_t u;
+          std::memcpy(&u, &f, 4);
+          uint16_t h = uint16_t(u >> 16);
+          std::memcpy(p, &h, 2);
+          break;
+        }
+        case Kind::B8: *p = x != 0; break;
+        case Kind::I16: { int16_t v = int16_t(x); std::memcpy(p, &v, 2); break; }
+        case Kind::I32: { int32_t v = int32_t(x); std::memcpy(p, &v, 4); break; }
+        case Kind::I64: { int64_t v = int64_t(x); std::memcpy(p, &v, 8); break; }
+      }
+    }
+  }
+  buf.mat = Mat{elems ? buf.bytes.data() : nullptr, sb, st, kind};
+  if (buf.mat.ptr == nullptr) buf.mat.ptr = &buf.bytes;  // any non-null: nothing is read
+  return buf;
+}
+
+struct Case {
+  int64_t B, T;
+  Kind value_kind = Kind::F32, mask_kind = Kind::B8, cut_kind = Kind::F32;
+  bool from_logprobs = true;
+  int64_t st = 1;  // element stride along T of every input
+  double gamma = 0.99, lam = 0.6, lam_inner = 1.0, threshold = 0.2;
+  double mask_density = 0.85;
+  bool with_bootstrap = true;
+  uint32_t seed = 1;
+};
+
+Params make_params(const Case& c) {
+  Params p{c.gamma, c.lam, c.lam_inner, std::log(c.threshold), 0.0f};
+  float f = float(p.log_p64);
+  if (double(f) < p.log_p64) f = std::nextafter(f, INFINITY);
+  p.log_p32 = f;
+  return p;
+}
+
+struct Inputs {
+  Buffer r, v, cut, mask, bootstrap;
+};
+
+Inputs make_inputs(const Case& c) {
+  std::mt19937 rng(c.seed);
+  std::normal_distribution<double> normal;
+  std::uniform_real_distribution<double> unif;
+  std::vector<double> rs(c.B * c.T), vs(c.B * c.T), cs(c.B * c.T), ms(c.B * c.T);
+  for (int64_t b = 0; b < c.B; ++b) {
+    // Row shapes: ordinary, trailing padding, all masked, holes only.
+    const int kind = int(b % 4);
+    const int64_t len = kind == 1 ? int64_t(unif(rng) * c.T) : c.T;
+    for (int64_t t = 0; t < c.T; ++t) {
+      const int64_t i = b * c.T + t;
+      rs[i] = unif(rng) < 0.1 ? normal(rng) : 0.0;
+      vs[i] = normal(rng);
+      cs[i] = c.from_logprobs ? std::log(unif(rng) * 0.999 + 0.001) : double(unif(rng) < 0.1);
+      const bool valid = kind == 2 ? false : (t < len && unif(rng) < c.mask_density);
+      ms[i] = valid ? (c.mask_kind == Kind::F32 ? 0.5 : 1.0) : 0.0;
+    }
+  }
+  const auto at = [&](const std::vector<double>& src) {
+    return [&src, &c](int64_t b, int64_t t) { return src[b * c.T + t]; };
+  };
+  Inputs in;
+  in.r = make_buffer(c.value_kind, c.B, c.T, c.st, at(rs));
+  in.v = make_buffer(c.value_kind, c.B, c.T, c.st, at(vs));
+  in.cut = make_buffer(c.from_logprobs ? c.cut_kind : Kind::B8, c.B, c.T, c.st, at(cs));
+  in.mask = make_buffer(c.mask_kind, c.B, c.T, c.st, at(ms));
+  std::vector<double> bs(c.B);
+  for (auto& x : bs) x = normal(rng);
+  in.bootstrap = make_buffer(c.value_kind, 1, c.B, 1, [&](int64_t, int64_t t) { return bs[t]; });
+  in.bootstrap.mat.sb = 1;  // as a [B] vector: element b at b * sb
+  in.bootstrap.mat.st = 0;
+  return in;
+}
+
+bool use_double(const Case& c) {
+  return c.value_kind == Kind::F64 || (c.from_logprobs && c.cut_kind == Kind::F64);
+}
+
+ScanArgs scan_args(const Case& c, const Inputs& in, void* out0, void* out1, void* out2) {
+  ScanArgs s;
+  s.B = c.B;
+  s.T = c.T;
+  s.a = in.r.mat;
+  s.b = in.v.mat;
+  s.mask = in.mask.mat;
+  s.cut = CutSource{in.cut.mat, c.from_logprobs};
+  s.bootstrap = c.with_bootstrap ? in.bootstrap.mat : Mat{nullptr, 0, 0, Kind::F32};
+  s.out0 = out0;
+  s.out1 = out1;
+  s.out2 = out2;
+  s.p = make_params(c);
+  return s;
+}
+
+template <bool Adjoint>
+void run_emulated(const Case& c, const ScanArgs& s) {
+  const VecFlags vec = vec_flags(s, use_double(c) ? 8 : 4);
+  emu::run_warp([&](emu::EmulatedWarp& warp) {
+    for (int64_t row = 0; row < s.B; ++row) {
+      if (use_double(c)) warp_scan_row<double, Adjoint>(warp, s, vec, row);
+      else warp_scan_row<float, Adjoint>(warp, s, vec, row);
+    }
+  });
+}
+
+// The contract's recursion, literally, in float64.
+void reference(const Case& c, const Inputs& in, std::vector<double>& adv, std::vector<double>& ret) {
+  const Params p = make_params(c);
+  const CutSource cut{in.cut.mat, c.from_logprobs};
+  adv.assign(c.B * c.T, 0.0);
+  ret.assign(c.B * c.T, 0.0);
+  for (int64_t b = 0; b < c.B; ++b) {
+    double next_value = c.with_bootstrap ? load_number<double>(in.bootstrap.mat.kind, in.bootstrap.mat.ptr, b) : 0.0;
+    double next_adv = 0.0;
+    bool next_is_boundary = false;
+    for (int64_t t = c.T - 1; t >= 0; --t) {
+      const int64_t off = b * in.r.mat.sb + t * in.r.mat.st;
+      if (!load_nonzero(in.mask.mat.kind, in.mask.mat.ptr, off)) continue;
+      const double r = load_number<double>(in.r.mat.kind, in.r.mat.ptr, off);
+      const double v = load_number<double>(in.v.mat.kind, in.v.mat.ptr, off);
+      const double delta = r + c.gamma * next_value - v;
+      const double a = delta + c.gamma * (next_is_boundary ? c.lam : c.lam_inner) * next_adv;
+      adv[b * c.T + t] = a;
+      ret[b * c.T + t] = a + v;
+      next_value = v;
+      next_adv = a;
+      next_is_boundary = is_cut(cut, p, cut.src.ptr, off);
+    }
+  }
+}
+
+template <typename acc_t>
+double max_err(const std::vector<acc_t>& got, const std::vector<double>& want, double* scale) {
+  double err = 0.0;
+  *scale = 1.0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    err = std::max(err, std::fabs(double(got[i]) - want[i]));
+    *scale = std::max(*scale, std::fabs(want[i]));
+  }
+  return err;
+}
+
+template <typename acc_t>
+void check_forward_typed(const Case& c, const char* name) {
+  const Inputs in = make_inputs(c);
+  std::vector<acc_t> adv(c.B * c.T, acc_t(-7)), ret(c.B * c.T, acc_t(-7));
+  run_emulated<false>(c, scan_args(c, in, adv.data(), ret.data(), nullptr));
+  std::vector<double> ra, rr;
+  reference(c, in, ra, rr);
+  double scale_a, scale_r;
+  const double ea = max_err(adv, ra, &scale_a), er = max_err(ret, rr, &scale_r);
+  const double eps = sizeof(acc_t) == 8 ? 1e-15 : 1e-7;
+  const double tol = 50 * eps * std::sqrt(double(c.T) + 1) * std::max(scale_a, scale_r);
+  CHECK(ea <= tol && er <= tol, "%s B=%lld T=%lld: advantages err %.3g, returns err %.3g > tol %.3g",
+        name, (long long)c.B, (long long)c.T, ea, er, tol);
+}
+
+void check_forward(const Case& c, const char* name) {
+  if (use_double(c)) check_forward_typed<double>(c, name);
+  else check_forward_typed<float>(c, name);
+}
+
+// The adjoint is right iff <gA, A(x)> + <gR, R(x)> = <dr, r> + <dv, v> + <db, bootstrap>
+// for the linear map x = (r, v, bootstrap) -> (A, R), whatever the (random) gA, gR.
+template <typename acc_t>
+void check_adjoint_typed(const Case& c, const char* name) {
+  Case cf = c;
+  cf.value_kind = sizeof(acc_t) == 8 ? Kind::F64 : Kind::F32;
+  const Inputs in = make_inputs(cf);
+  std::vector<acc_t> adv(c.B * c.T), ret(c.B * c.T);
+  run_emulated<false>(cf, scan_args(cf, in, adv.data(), ret.data(), nullptr));
+
+  Case cg = cf;
+  cg.seed = c.seed + 1000;
+  cg.mask_density = 1.0;  // only the gradient values are used from this draw
+  const Inputs gin = make_inputs(cg);  // its r, v serve as gA, gR
+  ScanArgs s = scan_args(cf, in, nullptr, nullptr, nullptr);
+  s.a = gin.r.mat;
+  s.b = gin.v.mat;
+  s.bootstrap = Mat{nullptr, 0, 0, Kind::F32};
+  std::vector<acc_t> dr(c.B * c.T, acc_t(-7)), dv(c.B * c.T, acc_t(-7)), db(c.B, acc_t(-7));
+  s.out0 = dr.data();
+  s.out1 = dv.data();
+  s.out2 = db.data();
+  run_emulated<true>(cf, s);
+
+  double lhs = 0, rhs = 0, mag = 0;
+  for (int64_t b = 0; b < c.B; ++b) {
+    for (int64_t t = 0; t < c.T; ++t) {
+      const int64_t off = b * in.r.mat.sb + t * in.r.mat.st, i = b * c.T + t;
+      const double ga = load_number<double>(gin.r.mat.kind, gin.r.mat.ptr, off);
+      const double gr = load_number<double>(gin.v.mat.kind, gin.v.mat.ptr, off);
+      const double r = load_number<double>(in.r.mat.kind, in.r.mat.ptr, off);
+      const double v = load_number<double>(in.v.mat.kind, in.v.mat.ptr, off);
+      lhs += ga * double(adv[i]) + gr * double(ret[i]);
+      rhs += double(dr[i]) * r + double(dv[i]) * v;
+      mag += std::fabs(ga * double(adv[i])) + std::fabs(gr * double(ret[i]));
+      const bool valid = load_nonzero(in.mask.mat.kind, in.mask.mat.ptr, off);
+      CHECK(valid || (dr[i] == 0 && dv[i] == 0), "%s: nonzero gradient at masked (%lld, %lld)",
+            name, (long long)b, (long long)t);
+    }
+    if (cf.with_bootstrap)
+      rhs += double(db[b]) * load_number<double>(in.bootstrap.mat.kind, in.bootstrap.mat.ptr, b);
+  }
+  const double eps = sizeof(acc_t) == 8 ? 1e-14 : 1e-5;
+  CHECK(std::fabs(lhs - rhs) <= eps * (mag + 1) * std::sqrt(double(c.T) + 1),
+        "%s B=%lld T=%lld: adjoint mismatch <g, f(x)> = %.10g but <f*(g), x> = %.10g", name,
+        (long long)c.B, (long long)c.T, lhs, rhs);
+}
+
+void check_adjoint(const Case& c, const char* name, bool dbl) {
+  if (dbl) check_adjoint_typed<double>(c, name);
+  else check_adjoint_typed<float>(c, name);
+}
+
+const int64_t kLengths[] = {0, 1, 5, 31, 32, 33, 100, 255, 256, 257, 511, 1000, 2049};
+
+void case_lengths() {
+  for (int64_t T : kLengths) {
+    Case c{7, T};
+    c.seed = uint32_t(T) + 1;
+    check_forward(c, "lengths");
+  }
+  check_forward(Case{0, 50}, "empty batch");
+}
+
+void case_dtypes() {
+  const Kind values[] = {Kind::F32, Kind::F64, Kind::F16, Kind::BF16};
+  const Kind masks[] = {Kind::B8, Kind::I16, Kind::I32, Kind::I64, Kind::F32, Kind::F64, Kind::F16, Kind::BF16};
+  for (Kind vk : values) {
+    for (Kind mk : masks) {
+      for (int64_t T : {37, 300}) {
+        Case c{5, T};
+        c.value_kind = vk;
+        c.mask_kind = mk;
+        c.cut_kind = vk;
+        c.seed = uint32_t(int(vk) * 100 + int(mk) * 10 + T);
+        check_forward(c, "dtypes");
+      }
+    }
+  }
+}
+
+void case_strided_and_modes() {
+  for (int64_t st : {2, 3}) {
+    Case c{6, 333};
+    c.st = st;
+    check_forward(c, "strided");
+  }
+  Case b{6, 700};
+  b.from_logprobs = false;
+  check_forward(b, "boundaries");
+  Case g{6, 700};
+  g.lam = g.lam_inner = 0.95;
+  check_forward(g, "gae");
+  Case e{6, 500};
+  e.gamma = 1.0;
+  e.lam = 0.0;
+  e.threshold = 1.0;
+  e.with_bootstrap = false;
+  check_forward(e, "p=1 lam=0");
+  Case z{6, 500};
+  z.threshold = 0.0;
+  z.gamma = 0.0;
+  check_forward(z, "p=0 gamma=0");
+}
+
+void case_adjoint() {
+  for (int64_t T : kLengths) {
+    Case c{5, T};
+    c.seed = uint32_t(T) + 7;
+    check_adjoint(c, "adjoint f32", false);
+    check_adjoint(c, "adjoint f64", true);
+  }
+  Case s{4, 600};
+  s.st = 2;
+  s.from_logprobs = false;
+  check_adjoint(s, "adjoint strided boundaries", true);
+}
+
+// The emulator itself must report divergent shuffles rather than hang.
+template <class Fn>
+bool diverges(Fn fn) {
+  try {
+    emu::run_warp(fn, std::chrono::seconds(20));
+  } catch (const emu::WarpDivergence& e) {
+    return true;
+  }
+  return false;
+}
+
+void case_emulator() {
+  // Shuffle semantics: out-of-range sources return the caller's own value.
+  std::vector<int> down(32), up(32), idx(32);
+  emu::run_warp([&](emu::EmulatedWarp& w) {
+    const int l = w.lane();
+    down[l] = w.shfl_down(l * 10, 3);
+    up[l] = w.shfl_up(l * 10, 5);
+    idx[l] = w.shfl_idx(l * 10, 31 - l);
+  });
+  for (int l = 0; l < 32; ++l) {
+    CHECK(down[l] == (l + 3 < 32 ? (l + 3) * 10 : l * 10), "shfl_down lane %d got %d", l, down[l]);
+    CHECK(up[l] == (l >= 5 ? (l - 5) * 10 : l * 10), "shfl_up lane %d got %d", l, up[l]);
+    CHECK(idx[l] == (31 - l) * 10, "shfl_idx lane %d got %d", l, idx[l]);
+  }
+  CHECK(!diverges([](emu::EmulatedWarp& w) { w.shfl_down(1.0f, 1); }), "a uniform shuffle diverged");
+  CHECK(diverges([](emu::EmulatedWarp& w) {
+          if (w.lane() != 5) w.shfl_down(1.0f, 1);
+        }),
+        "a lane that skips a shuffle and returns was not reported");
+  CHECK(diverges([](emu::EmulatedWarp& w) {
+          if (w.lane() == 9) w.shfl_down(1.0f, 2);
+          else w.shfl_down(1.0f, 1);
+        }),
+        "lanes at different shuffles were not reported");
+  CHECK(diverges([](emu::EmulatedWarp& w) {
+          if (w.lane() < 16) w.shfl_up(1, 1);
+          w.shfl_up(2, 1);
+        }),
+        "half a warp at an extra shuffle was not reported");
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::map<std::string, void (*)()> cases = {
+      {"lengths", case_lengths},     {"dtypes", case_dtypes}, {"strided_and_modes", case_strided_and_modes},
+      {"adjoint", case_adjoint},     {"emulator", case_emulator},
+  };
+  std::vector<std::string> run;
+  if (argc > 1) run.assign(argv + 1, argv + argc);
+  else for (const auto& kv : cases) run.push_back(kv.first);
+  for (const auto& name : run) {
+    const auto it = cases.find(name);
+    if (it == cases.end()) {
+      std::fprintf(stderr, "unknown case %s\n", name.c_str());
+      return 2;
+    }
+    it->second();
+  }
+  std::printf("%d checks: %d passed, %d failed\n", g_checks, g_checks - g_failures, g_failures);
+  return g_failures == 0 ? 0 : 1;
+}

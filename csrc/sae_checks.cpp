@@ -37,7 +37,7 @@ void check_mask_dtype(const char* op, const at::Tensor& t) {
   const auto s = t.scalar_type();
   TORCH_CHECK(is_float_kind(s) || s == at::kBool || s == at::kByte || s == at::kChar ||
                   s == at::kShort || s == at::kInt || s == at::kLong,
-              op, ": `mask` must be bool, an integer or a floating dtype, got ", s);
+              op, ": `mask` must be bool, an integer dtype or float16/bfloat16/float32/float64, got ", s);
 }
 
 void check_2d(const char* op, const char* name, const at::Tensor& t) {

@@ -13,10 +13,58 @@ def _acc_dtype(*tensors) -> torch.dtype:
     return _F64 if any(t is not None and t.dtype == _F64 for t in tensors) else torch.float32
 
 
-def _fake_forward(rewards, values, cut, bootstrap, cut_is_logprobs):
-    torch._check(rewards.dim() == 2, lambda: "sae: `rewards` must be 2-D [B, T]")
-    torch._check(values.shape == rewards.shape, lambda: "sae: `values` must match `rewards`")
-    torch._check(cut.shape == rewards.shape, lambda: "sae: logprobs/boundaries must match `rewards`")
+_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_MASKS = _FLOATS + (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+
+
+# The fake kernels are also the ops' Meta kernels, which the dispatcher picks whenever any
+# argument is on the meta device; so they check what the C++ launchers check, with the same
+# messages, rather than return a tensor for inputs the real kernels reject.
+def _check_like(op, name, t, ref_name, ref):
+    torch._check(t.dim() == 2, lambda: f"{op}: `{name}` must be 2-D [B, T], got shape {tuple(t.shape)}")
+    torch._check(t.shape == ref.shape, lambda: f"{op}: `{name}` must have the shape of `{ref_name}` "
+                 f"{tuple(ref.shape)}, got {tuple(t.shape)}")
+    torch._check(t.device == ref.device, lambda: f"{op}: `{name}` is on {t.device} but `{ref_name}` is "
+                 f"on {ref.device}; all tensors must be on one device")
+
+
+def _check_float(op, name, t):
+    torch._check(t.dtype in _FLOATS, lambda: f"{op}: `{name}` must be float32, float64, bfloat16 or "
+                 f"float16, got {t.dtype}")
+
+
+def _check_mask(op, mask):
+    torch._check(mask.dtype in _MASKS, lambda: f"{op}: `mask` must be bool, an integer dtype or "
+                 f"float16/bfloat16/float32/float64, got {mask.dtype}")
+
+
+def _check_unit(op, **values):
+    for name, x in values.items():
+        torch._check(0.0 <= x <= 1.0, lambda: f"{op}: `{name}` must be in [0, 1], got {x}")
+
+
+def _fake_forward(op, rewards, values, cut, mask, bootstrap, cut_is_logprobs, **hyper):
+    torch._check(rewards.dim() == 2, lambda: f"{op}: `rewards` must be 2-D [B, T], got shape "
+                 f"{tuple(rewards.shape)}")
+    _check_float(op, "rewards", rewards)
+    _check_like(op, "values", values, "rewards", rewards)
+    _check_float(op, "values", values)
+    cut_name = "logprobs" if cut_is_logprobs else "boundaries"
+    _check_like(op, cut_name, cut, "rewards", rewards)
+    if cut_is_logprobs:
+        _check_float(op, cut_name, cut)
+    else:
+        torch._check(cut.dtype == torch.bool, lambda: f"{op}: `boundaries` must be a bool tensor, got {cut.dtype}")
+    _check_like(op, "mask", mask, "rewards", rewards)
+    _check_mask(op, mask)
+    if bootstrap is not None:
+        torch._check(bootstrap.dim() == 1 and bootstrap.shape[0] == rewards.shape[0],
+                     lambda: f"{op}: `bootstrap` must be 1-D with one value per row [{rewards.shape[0]}], "
+                     f"got shape {tuple(bootstrap.shape)}")
+        _check_float(op, "bootstrap", bootstrap)
+        torch._check(bootstrap.device == rewards.device, lambda: f"{op}: `bootstrap` is on "
+                     f"{bootstrap.device} but `rewards` is on {rewards.device}; all tensors must be on one device")
+    _check_unit(op, **hyper)
     dt = _acc_dtype(rewards, values, cut if cut_is_logprobs else None, bootstrap)
     return rewards.new_empty(rewards.shape, dtype=dt), rewards.new_empty(rewards.shape, dtype=dt)
 
@@ -24,23 +72,41 @@ def _fake_forward(rewards, values, cut, bootstrap, cut_is_logprobs):
 @torch.library.register_fake("sae::advantages")
 def _advantages_fake(rewards, values, logprobs, mask, gamma, lam, lam_inner, threshold,
                      bootstrap=None):
-    return _fake_forward(rewards, values, logprobs, bootstrap, True)
+    return _fake_forward("sae.advantages", rewards, values, logprobs, mask, bootstrap, True,
+                         gamma=gamma, lam=lam, lam_inner=lam_inner, threshold=threshold)
 
 
 @torch.library.register_fake("sae::advantages_from_boundaries")
 def _advantages_from_boundaries_fake(rewards, values, boundaries, mask, gamma, lam, lam_inner,
                                      bootstrap=None):
-    return _fake_forward(rewards, values, boundaries, bootstrap, False)
+    return _fake_forward("sae.advantages_from_boundaries", rewards, values, boundaries, mask,
+                         bootstrap, False, gamma=gamma, lam=lam, lam_inner=lam_inner)
 
 
 @torch.library.register_fake("sae::segment_boundaries")
 def _segment_boundaries_fake(logprobs, mask, threshold):
+    op = "sae.segment_boundaries"
+    torch._check(logprobs.dim() == 2, lambda: f"{op}: `logprobs` must be 2-D [B, T], got shape "
+                 f"{tuple(logprobs.shape)}")
+    _check_float(op, "logprobs", logprobs)
+    _check_like(op, "mask", mask, "logprobs", logprobs)
+    _check_mask(op, mask)
+    _check_unit(op, threshold=threshold)
     return logprobs.new_empty(logprobs.shape, dtype=torch.bool)
 
 
 @torch.library.register_fake("sae::advantages_backward")
 def _advantages_backward_fake(grad_advantages, grad_returns, mask, logprobs, boundaries, gamma,
                               lam, lam_inner, threshold):
+    op = "sae.advantages_backward"
+    torch._check(mask.dim() == 2, lambda: f"{op}: `mask` must be 2-D [B, T]")
+    torch._check((logprobs is None) != (boundaries is None),
+                 lambda: f"{op}: pass exactly one of `logprobs` and `boundaries`")
+    for name, t in (("grad_advantages", grad_advantages), ("grad_returns", grad_returns),
+                    ("logprobs", logprobs), ("boundaries", boundaries)):
+        if t is not None:
+            _check_like(op, name, t, "mask", mask)
+    _check_unit(op, gamma=gamma, lam=lam, lam_inner=lam_inner)
     dt = _acc_dtype(grad_advantages, grad_returns)
     B, T = mask.shape
     return mask.new_empty((B, T), dtype=dt), mask.new_empty((B, T), dtype=dt), mask.new_empty((B,), dtype=dt)
@@ -89,3 +155,36 @@ torch.library.register_autograd("sae::advantages", _backward_advantages,
                                 setup_context=_setup_advantages)
 torch.library.register_autograd("sae::advantages_from_boundaries", _backward_from_boundaries,
                                 setup_context=_setup_from_boundaries)
+
+
+# The adjoint pass is itself linear in (grad_advantages, grad_returns); its adjoint is the
+# forward recursion again, which gives double backward (e.g. gradgradcheck, Hessian-vector
+# products through a loss on the advantages) for free.
+def _setup_backward(ctx, inputs, output):
+    grad_advantages, grad_returns, mask, logprobs, boundaries, gamma, lam, lam_inner, threshold = inputs
+    ctx.save_for_backward(mask, logprobs, boundaries)
+    ctx.hyper = (gamma, lam, lam_inner, threshold)
+    ctx.grad_dtypes = tuple(None if g is None else g.dtype for g in (grad_advantages, grad_returns))
+
+
+def _backward_backward(ctx, h_rewards, h_values, h_bootstrap):
+    mask, logprobs, boundaries = ctx.saved_tensors
+    gamma, lam, lam_inner, threshold = ctx.hyper
+    like = h_rewards if h_rewards is not None else h_values
+    if like is None:
+        like = mask.new_zeros(mask.shape, dtype=torch.float32)
+    h_rewards = torch.zeros_like(like) if h_rewards is None else h_rewards
+    h_values = torch.zeros_like(like) if h_values is None else h_values
+    if logprobs is not None:
+        adv, ret = torch.ops.sae.advantages(h_rewards, h_values, logprobs, mask, gamma, lam, lam_inner,
+                                            threshold, h_bootstrap)
+    else:
+        adv, ret = torch.ops.sae.advantages_from_boundaries(h_rewards, h_values, boundaries, mask, gamma,
+                                                            lam, lam_inner, h_bootstrap)
+    ga_dt, gr_dt = ctx.grad_dtypes
+    return (None if ga_dt is None else adv.to(ga_dt), None if gr_dt is None else ret.to(gr_dt),
+            None, None, None, None, None, None, None)
+
+
+torch.library.register_autograd("sae::advantages_backward", _backward_backward,
+                                setup_context=_setup_backward)

@@ -3,6 +3,8 @@
 `import sae_ext` loads the compiled library, which registers the `torch.ops.sae.*` ops;
 this package adds their fake (meta) kernels and autograd, and typed wrappers.
 """
+import torch  # noqa: F401  (first: _C links against torch's libraries)
+
 from . import _C  # noqa: F401  (loading it registers torch.ops.sae.*)
 from . import _registrations  # noqa: F401  (fake kernels and autograd)
 from ._ops import (

@@ -3,11 +3,18 @@
 Environment variables (all optional):
   SAE_BUILD_CUDA        auto (default: when CUDA_HOME is found and torch has CUDA), 1 (force;
                         fails if no toolkit), 0 (CPU-only build)
-  TORCH_CUDA_ARCH_LIST  CUDA architectures, default "8.0;9.0+PTX" (sm_80, sm_90 and PTX)
+  TORCH_CUDA_ARCH_LIST  CUDA architectures, default "8.0;9.0+PTX" (sm_80, sm_90 and PTX);
+                        scripts/build_wheel.py sets a wider list per CUDA version
   MAX_JOBS              parallel compile jobs (torch's own variable)
   SAE_DEBUG             1 builds with -O0 -g
+
+The version carries a local tag saying what the build is for, e.g. 0.1.0+cu130torch2.14 or
+0.1.0+cputorch2.14, and the torch requirement is pinned to the torch minor built against.
+What was built is also written to sae_ext/_build_info.py, which the package checks at import.
 """
 import os
+import re
+import subprocess
 from pathlib import Path
 
 import torch
@@ -15,6 +22,21 @@ from setuptools import find_packages, setup
 from torch.utils import cpp_extension
 
 ROOT = Path(__file__).parent
+BASE_VERSION = "0.1.0"
+DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
+
+
+def torch_minor() -> str:
+    return ".".join(torch.__version__.split("+")[0].split(".")[:2])
+
+
+def nvcc_release(cuda_home: str) -> str:
+    out = subprocess.run([os.path.join(cuda_home, "bin", "nvcc"), "--version"], check=True,
+                         capture_output=True, text=True).stdout
+    m = re.search(r"release (\d+\.\d+)", out)
+    if not m:
+        raise RuntimeError(f"cannot read the CUDA version from nvcc --version:\n{out}")
+    return m.group(1)
 
 
 def cuda_wanted() -> bool:
@@ -31,6 +53,34 @@ def cuda_wanted() -> bool:
             )
         return True
     return found
+
+
+def check_toolkit(cuda_home: str) -> str:
+    """The toolkit's major version must be torch's, or the kernels link against the wrong runtime."""
+    toolkit = nvcc_release(cuda_home)
+    if toolkit.split(".")[0] != torch.version.cuda.split(".")[0]:
+        raise RuntimeError(
+            f"CUDA toolkit {toolkit} (CUDA_HOME={cuda_home}) does not match torch {torch.__version__}, "
+            f"built for CUDA {torch.version.cuda}: use a CUDA {torch.version.cuda.split('.')[0]}.x toolkit "
+            "or a torch built for this toolkit.")
+    return toolkit
+
+
+def write_build_info(with_cuda: bool, toolkit, arch_list) -> str:
+    tag = f"cu{torch.version.cuda.replace('.', '')}" if with_cuda else "cpu"
+    version = f"{BASE_VERSION}+{tag}torch{torch_minor()}"
+    info = {
+        "version": version,
+        "torch_version": torch.__version__,
+        "torch_cuda": torch.version.cuda if with_cuda else None,
+        "cuda_toolkit": toolkit,
+        "cuda_arch_list": arch_list,
+        "cuda_kernels": with_cuda,
+    }
+    (ROOT / "sae_ext" / "_build_info.py").write_text(
+        "# Written by setup.py when the extension is built; not tracked by git.\n"
+        f"BUILD = {info!r}\n")
+    return version
 
 
 def extensions():
@@ -52,25 +102,36 @@ def extensions():
         extra_compile_args={"cxx": cxx},
         py_limited_api=True,
     )
-    if cuda_wanted():
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
+    if WITH_CUDA:
         sources.append("csrc/cuda/sae_cuda.cu")
         kwargs["extra_compile_args"]["nvcc"] = opt + ["-lineinfo"]
         ext = cpp_extension.CUDAExtension("sae_ext._C", sources, **kwargs)
     else:
+        sources.append("csrc/cuda_missing.cpp")
         ext = cpp_extension.CppExtension("sae_ext._C", sources, **kwargs)
     return [ext]
 
 
+WITH_CUDA = cuda_wanted()
+if WITH_CUDA:
+    os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
+    VERSION = write_build_info(True, check_toolkit(cpp_extension.CUDA_HOME),
+                               os.environ["TORCH_CUDA_ARCH_LIST"])
+else:
+    VERSION = write_build_info(False, None, None)
+TORCH_MINOR = torch_minor()
+NEXT_MINOR = f"{TORCH_MINOR.split('.')[0]}.{int(TORCH_MINOR.split('.')[1]) + 1}"
+
+
 setup(
     name="sae-ext",
-    version="0.1.0",
+    version=VERSION,
     description="Fused Segmental Advantage Estimation (and GAE) kernels for PPO, CPU and CUDA",
     long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["sae_ext", "sae_ext.*"]),
     ext_modules=extensions(),
-    install_requires=["torch>=2.4"],
+    install_requires=[f"torch>={TORCH_MINOR},<{NEXT_MINOR}"],
     python_requires=">=3.10",
     cmdclass={"build_ext": cpp_extension.BuildExtension},
     options={"bdist_wheel": {"py_limited_api": "cp310"}},

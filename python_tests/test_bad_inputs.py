@@ -9,6 +9,8 @@ import math
 import pytest
 import torch
 
+from conftest import HAS_CUDA_KERNELS
+
 import sae_ext
 
 ops = torch.ops.sae
@@ -213,11 +215,7 @@ def test_unit_interval_endpoints_accepted(arg, x):
 
 # Devices. -----------------------------------------------------------------------------------
 def _has_cuda_kernel():
-    try:
-        return torch.cuda.is_available() and torch._C._dispatch_has_kernel_for_dispatch_key(
-            "sae::advantages", "CUDA")
-    except Exception:
-        return False
+    return HAS_CUDA_KERNELS
 
 
 DEVICE_CASES = [

@@ -189,6 +189,30 @@ def test_wrapper_leaves_other_estimators_alone():
 
 
 @needs_ray_trainer
+def test_fused_gae_swapped_into_verls_gae_branch(monkeypatch):
+    """docs/integrations.md: verl's GAE branch looks up core_algos.compute_gae_advantage_return
+    at call time, so assigning the drop-in there makes adv_estimator=gae use the fused op."""
+    r, v, lp, m = random_batch(B=8, T=32, seed=37, holes=True)
+    cfg = _algo_config(adv_estimator="gae")
+    stock = ray_trainer.compute_advantage(_data_proto(r, v, lp, m), "gae", gamma=0.99, lam=0.9,
+                                          config=cfg)
+    calls = []
+
+    def fused(*args, **kwargs):
+        calls.append(1)
+        return sae_verl.compute_gae_advantage_return(*args, **kwargs)
+
+    monkeypatch.setattr(core_algos, "compute_gae_advantage_return", fused)
+    out = ray_trainer.compute_advantage(_data_proto(r, v, lp, m), "gae", gamma=0.99, lam=0.9,
+                                        config=cfg)
+    assert calls
+    valid = m.bool()
+    for key in ("advantages", "returns"):
+        torch.testing.assert_close(out.batch[key][valid], stock.batch[key][valid],
+                                   atol=ATOL, rtol=0)
+
+
+@needs_ray_trainer
 def test_sae_reads_gamma_and_lam_from_the_call_like_gae():
     r, v, lp, m = random_batch(B=4, T=16, seed=34)
     out = ray_trainer.compute_advantage(_data_proto(r, v, lp, m), "sae", gamma=0.9, lam=0.3,

@@ -1,0 +1,98 @@
+"""Shared helpers for python_tests/test_integrations_*.py: random PPO batches and plain
+float64 loops written from the contract's (or a framework's) semantics."""
+from __future__ import annotations
+
+import math
+import os
+import sys
+
+import torch
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# The verl command-line overrides docs/integrations.md gives (tested in
+# test_integrations_verl.py against verl's own config, and checked to be in the docs).
+VERL_OVERRIDES = ["algorithm.adv_estimator=sae", "algorithm.lam=0.95", "critic.enable=True"]
+VERL_OPTIONAL_OVERRIDES = ["+algorithm.sae_threshold=0.2", "+algorithm.sae_lam_inner=1.0"]
+
+
+def check_sae_ext_location():
+    """The tests must run the worktree's build, not an installed copy."""
+    import sae_ext
+
+    here = os.path.dirname(os.path.abspath(sae_ext.__file__))
+    assert here == os.path.join(REPO_ROOT, "sae_ext"), (
+        f"sae_ext imported from {here}, not from this checkout ({REPO_ROOT}); "
+        "set PYTHONPATH to the checkout")
+
+
+def random_batch(B=6, T=40, *, seed=0, holes=False, p_low=0.15, empty_row=True):
+    """rewards, values, logprobs, mask (float 0/1) for a [B, T] batch: responses of random
+    lengths with trailing padding, optionally with holes (masked runs between valid tokens,
+    like tool/observation tokens), one all-padding row when ``empty_row``. The reward sits on
+    each row's last valid token plus a small per-token term; about ``p_low`` of the tokens
+    have probability < 0.2."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(B, T)
+    for b in range(B):
+        n = int(torch.randint(2, T + 1, (1,), generator=g))
+        mask[b, :n] = 1
+        if holes and n > 6:
+            start = int(torch.randint(1, n - 3, (1,), generator=g))
+            length = int(torch.randint(1, 4, (1,), generator=g))
+            mask[b, start:min(start + length, n - 1)] = 0
+    if empty_row and B > 1:
+        mask[B - 1] = 0
+    values = torch.randn(B, T, generator=g)
+    rewards = 0.05 * torch.randn(B, T, generator=g)
+    for b in range(B):
+        idx = torch.nonzero(mask[b]).flatten()
+        if len(idx):
+            rewards[b, idx[-1]] += float(torch.randint(0, 2, (1,), generator=g))
+    low = torch.rand(B, T, generator=g) < p_low
+    probs = torch.where(low, 0.01 + 0.18 * torch.rand(B, T, generator=g),
+                        0.21 + 0.79 * torch.rand(B, T, generator=g))
+    logprobs = probs.log()
+    return rewards, values, logprobs, mask
+
+
+def contract_loop(rewards, values, logprobs, mask, gamma, lam, lam_inner, threshold,
+                  boundaries=None):
+    """The contract's recursion, one row and one token at a time, in float64: masked tokens
+    are skipped (state carried), and come out 0."""
+    r, v, m = rewards.double(), values.double(), mask != 0
+    if boundaries is None:
+        log_p = math.log(threshold) if threshold > 0 else -math.inf
+        boundaries = m & (logprobs.double() < log_p)
+    B, T = r.shape
+    adv = torch.zeros(B, T, dtype=torch.float64)
+    ret = torch.zeros(B, T, dtype=torch.float64)
+    for b in range(B):
+        next_value, next_adv, next_is_start = 0.0, 0.0, False
+        for t in reversed(range(T)):
+            if not m[b, t]:
+                continue
+            delta = r[b, t].item() + gamma * next_value - v[b, t].item()
+            a = delta + gamma * (lam if next_is_start else lam_inner) * next_adv
+            adv[b, t] = a
+            ret[b, t] = a + v[b, t].item()
+            next_value, next_adv, next_is_start = v[b, t].item(), a, bool(boundaries[b, t])
+    return adv, ret
+
+
+def whiten_loop(x, mask, *, unbiased, eps=1e-8):
+    """Mean and variance over the valid entries of the whole batch, float64."""
+    sel = x.double()[mask != 0]
+    n = sel.numel()
+    mean = sel.sum() / n
+    var = ((sel - mean) ** 2).sum() / (n - 1 if unbiased else n)
+    return (x.double() - mean) / torch.sqrt(var + eps)
+
+
+def subprocess_env(**extra):
+    """Environment for a child Python that must import this checkout's sae_ext."""
+    env = dict(os.environ)
+    paths = [REPO_ROOT] + [p for p in sys.path if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env.update(extra)
+    return env

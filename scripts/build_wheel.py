@@ -104,7 +104,7 @@ def pypi_toolkit(py: Path, cuda: str) -> Path:
         raise SystemExit("PyPI's CUDA 12 nvcc packages ship no nvcc driver; use a CUDA 12 toolkit "
                          "(e.g. a CUDA devel container) with --toolkit PATH or CUDA_HOME")
     run([py, "-m", "pip", "install", "-q", f"nvidia-cuda-nvcc=={major}.{minor}.*",
-         f"nvidia-cuda-runtime=={major}.{minor}.*", f"nvidia-cuda-cccl=={major}.{minor}.*"])
+         f"nvidia-cuda-runtime=={major}.{minor}.*", f"nvidia-cuda-cccl=={major}.*"])
     root = subprocess.run([str(py), "-c", f"import nvidia, os; print(os.path.join(nvidia.__path__[0], 'cu{major}'))"],
                           check=True, capture_output=True, text=True).stdout.strip()
     home = Path(root)

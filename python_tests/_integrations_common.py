@@ -16,16 +16,6 @@ VERL_OVERRIDES = ["algorithm.adv_estimator=sae", "algorithm.lam=0.95", "critic.e
 VERL_OPTIONAL_OVERRIDES = ["+algorithm.sae_threshold=0.2", "+algorithm.sae_lam_inner=1.0"]
 
 
-def check_sae_ext_location():
-    """The tests must run the worktree's build, not an installed copy."""
-    import sae_ext
-
-    here = os.path.dirname(os.path.abspath(sae_ext.__file__))
-    assert here == os.path.join(REPO_ROOT, "sae_ext"), (
-        f"sae_ext imported from {here}, not from this checkout ({REPO_ROOT}); "
-        "set PYTHONPATH to the checkout")
-
-
 def random_batch(B=6, T=40, *, seed=0, holes=False, p_low=0.15, empty_row=True):
     """rewards, values, logprobs, mask (float 0/1) for a [B, T] batch: responses of random
     lengths with trailing padding, optionally with holes (masked runs between valid tokens,
@@ -90,9 +80,14 @@ def whiten_loop(x, mask, *, unbiased, eps=1e-8):
 
 
 def subprocess_env(**extra):
-    """Environment for a child Python that must import this checkout's sae_ext."""
+    """Environment for a child Python that imports the same sae_ext as this process (the
+    checkout's build or an installed wheel). Run the child outside the checkout (cwd), or
+    the checkout's sae_ext/ would come first."""
+    import sae_ext
+
+    paths = [os.path.dirname(os.path.dirname(os.path.abspath(sae_ext.__file__)))]
     env = dict(os.environ)
-    paths = [REPO_ROOT] + [p for p in sys.path if p]
+    paths += [p for p in sys.path if p]
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env.update(extra)
     return env

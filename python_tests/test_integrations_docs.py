@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -38,7 +39,7 @@ def test_docs_have_python_blocks():
 @pytest.mark.parametrize("code", BLOCKS)
 def test_python_block_runs(code):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=subprocess_env(), timeout=300, cwd=REPO_ROOT)
+                          env=subprocess_env(), timeout=300, cwd=tempfile.gettempdir())
     assert proc.returncode == 0, f"{code}\n--- output ---\n{proc.stdout}{proc.stderr}"
 
 

@@ -6,14 +6,11 @@ import math
 import pytest
 import torch
 
-from _integrations_common import check_sae_ext_location, contract_loop, random_batch
+from _integrations_common import contract_loop, random_batch
 from sae_ext.integrations import openrlhf as orl
 
 ATOL = 2e-5
 
-
-def test_imports_this_checkout():
-    check_sae_ext_location()
 
 
 def openrlhf_loop(values, rewards, action_mask, gamma, lambd, *, starts=None, lambd_inner=None):

@@ -6,15 +6,12 @@ import math
 import pytest
 import torch
 
-from _integrations_common import check_sae_ext_location, contract_loop
+from _integrations_common import contract_loop
 from sae_ext.integrations import trl as sae_trl
 
 ATOL = 2e-5
 INVALID_LOGPROB = 1.0  # what TRL writes into padding log-probs
 
-
-def test_imports_this_checkout():
-    check_sae_ext_location()
 
 
 def trl_batch(B=8, T=48, seed=0, kl_coef=0.05):

@@ -40,7 +40,7 @@ correlation with A* over all valid tokens of 512 fresh responses, averaged over 
 
 It runs the main process and an ablation in which SAE's premise holds exactly (only tokens
 with probability < 0.2 change the level). Writes correlation_study.json (every number),
-correlation_study.md (tables) and correlation_study.png. About 30 s on one core.
+correlation_study.md (tables) and correlation_study.png. About 30-50 s on one core.
 """
 from __future__ import annotations
 

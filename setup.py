@@ -5,7 +5,9 @@ Environment variables (all optional):
                         fails if no toolkit), 0 (CPU-only build)
   TORCH_CUDA_ARCH_LIST  CUDA architectures, default "8.0;9.0+PTX" (sm_80, sm_90 and PTX);
                         scripts/build_wheel.py sets a wider list per CUDA version
-  MAX_JOBS              parallel compile jobs (torch's own variable)
+  MAX_JOBS              parallel compile jobs (torch's own variable); default: the CPU count,
+                        capped at one job per 3 GiB of available memory (an nvcc job with
+                        torch's headers peaks near 2-3 GiB)
   SAE_DEBUG             1 builds with -O0 -g
 
 The version carries a local tag saying what the build is for, e.g. 0.1.0+cu130torch2.14 or
@@ -112,6 +114,16 @@ def extensions():
     return [ext]
 
 
+def default_jobs() -> int:
+    try:
+        pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        by_memory = max(1, pages // (3 * 2**30))
+    except (ValueError, OSError, AttributeError):
+        by_memory = 1
+    return max(1, min(os.cpu_count() or 1, by_memory))
+
+
+os.environ.setdefault("MAX_JOBS", str(default_jobs()))
 WITH_CUDA = cuda_wanted()
 if WITH_CUDA:
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)

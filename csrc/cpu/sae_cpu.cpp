@@ -1,14 +1,17 @@
 // CPU kernels. The recursion is a serial dependency chain per row, so a row alone runs at
 // the latency of a few dependent float ops per token. To reach memory speed each thread
-// walks W * NV rows side by side, one SIMD lane per row: NV independent vector chains the
-// core overlaps. Inputs are read row by row in chunks of W tokens, converted to acc_t in
-// registers and transposed (W x W) so that a vector holds one token of W rows; outputs are
-// transposed back and stored row-contiguous. Nothing is staged in memory beyond a few
-// stack vectors, and no heap temporaries are made.
+// walks rows side by side, one SIMD lane per row (W lanes per vector, NV vectors per group
+// so that their dependency chains overlap), and each group tile by tile: inputs of any
+// dtype and stride are read row-contiguously and converted into small stack buffers,
+// transposed in registers for the recursion, and the results are transposed back and
+// written out a tile row at a time (see "The scan" below). No heap temporaries are made.
 //
 // Rows never interact and every lane runs the same IEEE operations (sae_step.h, built with
 // -ffp-contract=off), so results are bitwise the same whatever the number of threads, the
 // vector width picked at run time (AVX2 or baseline), or where a row lands in a group.
+//
+// Threads come from at::parallel_for, which only runs in parallel when this file is built
+// with OpenMP (-fopenmp, as torch itself is); otherwise every call runs on one thread.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
@@ -158,57 +161,46 @@ SAE_INLINE void transpose(R (&r)[W]) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Phase 1: one row's run of n <= kTile tokens of one input, converted into a contiguous
-// stack buffer. The dtype/stride dispatch happens once per run, so the loops are straight
-// vector code for the common layouts (contiguous float32 / bfloat16 / float64, one-byte
-// masks) and a per-element loop through sae_elem.h for everything else.
+// Step 1 of the scan: one row's run of n <= kTile tokens of one input, converted into a
+// contiguous stack buffer. The dtype/stride dispatch happens once per run, so the loops are
+// straight vector code for contiguous float32 / bfloat16 / float16 / float64 and one-byte
+// masks, and a per-element loop through sae_elem.h for everything else.
 
-#ifndef SAE_STREAM_BYTES
-#define SAE_STREAM_BYTES (8 << 20)
-#endif
-constexpr int64_t kStreamBytes = SAE_STREAM_BYTES;
-
-#ifndef SAE_TILE
-#define SAE_TILE 64
-#endif
-constexpr int kTile = SAE_TILE;  // tokens per tile; a multiple of every W
+constexpr int kTile = 64;  // tokens per tile; a multiple of every W
+constexpr int kNV = 2;     // vectors per group (1 when there are too few rows per thread)
+constexpr int kPrefetchTiles = 1;  // how far ahead the inputs are prefetched
+constexpr int64_t kStreamBytes = int64_t(8) << 20;  // outputs at least this large bypass the caches
 
 SAE_INLINE int elem_size(Kind k) {
   return (k == Kind::F64 || k == Kind::I64) ? 8 : (k == Kind::F32 || k == Kind::I32) ? 4
        : (k == Kind::F16 || k == Kind::BF16 || k == Kind::I16) ? 2 : 1;
 }
 
-// Software prefetch of one row's run of an input (the hardware prefetchers lose track of
-// the 4 * NV * W streams a group reads, tile by tile, backwards for the forward pass).
-#ifndef SAE_PF_TILES
-#define SAE_PF_TILES 1
-#endif
-#ifndef SAE_PF_LOCALITY
-#define SAE_PF_LOCALITY 2
-#endif
-constexpr int kPrefetchTiles = SAE_PF_TILES;
-
+// Prefetch of one row's run of an input into L2 (hint 2: not L1, see "The scan").
 SAE_INLINE void prefetch_run(const Mat& m, int64_t row, int64_t t0, int n) {
   if (m.ptr == nullptr || m.st != 1) return;
   const int size = elem_size(m.kind);
   const char* p = static_cast<const char*>(m.ptr) + (row * m.sb + t0) * size;
-  for (int off = 0; off < n * size; off += 64) __builtin_prefetch(p + off, 0, SAE_PF_LOCALITY);
+  for (int off = 0; off < n * size; off += 64) __builtin_prefetch(p + off, 0, 2);
 }
 
 // W float32 values from W contiguous elements of a float16 / bfloat16 / float32 run.
 template <int W>
 SAE_INLINE vec_t<float, W> f32_lanes(Kind kind, const void* p) {
   typedef vec_t<float, W> F;
-  F f;
   if (kind == Kind::BF16) {
     const vec_t<uint16_t, W> h = loadu<vec_t<uint16_t, W>>(p);
     return vcast<F>(__builtin_convertvector(h, vec_t<uint32_t, W>) << 16);
   }
-  if (kind == Kind::F16) {
-    float tmp[W];
-    for (int k = 0; k < W; ++k) tmp[k] = f16_bits_to_float(static_cast<const uint16_t*>(p)[k]);
-    memcpy(&f, tmp, sizeof(F));
-    return f;
+  if (kind == Kind::F16) {  // f16_bits_to_float (sae_elem.h), lane-wise
+    typedef vec_t<int32_t, W> U;
+    const U h = __builtin_convertvector(loadu<vec_t<uint16_t, W>>(p), U);
+    const U sign = (h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    const F sub = __builtin_convertvector(man, F) * 5.9604644775390625e-8f;  // exact
+    const U sub_bits = vcast<U>(sub) | sign;
+    const U inf_nan = sign | 0x7f800000 | (man << 13);
+    const U normal = sign | ((exp + 112) << 23) | (man << 13);
+    return vcast<F>(exp == 0 ? sub_bits : exp == 31 ? inf_nan : normal);
   }
   return loadu<F>(p);
 }
@@ -241,6 +233,11 @@ SAE_INLINE void stage_numbers(const Mat& m, int64_t row, int64_t t0, int n, S* d
       case Kind::BF16:
         for (; k + W <= n; k += W) {
           storeu<R>(dst + k, __builtin_convertvector(f32_lanes<W>(Kind::BF16, p + k * 2), R));
+        }
+        break;
+      case Kind::F16:
+        for (; k + W <= n; k += W) {
+          storeu<R>(dst + k, __builtin_convertvector(f32_lanes<W>(Kind::F16, p + k * 2), R));
         }
         break;
       default:
@@ -297,6 +294,11 @@ SAE_INLINE void stage_cut(const CutSource& c, const Params& p, int64_t row, int6
           storeu<M>(dst + k, __builtin_convertvector(f32_lanes<W>(Kind::BF16, q + k * 2) < p.log_p32, M));
         }
         break;
+      case Kind::F16:
+        for (; k + W <= n; k += W) {
+          storeu<M>(dst + k, __builtin_convertvector(f32_lanes<W>(Kind::F16, q + k * 2) < p.log_p32, M));
+        }
+        break;
       default:
         break;
     }
@@ -317,7 +319,7 @@ struct Consts {
   }
 };
 
-// Phase 1 for one row: lambda_t (lam or lam_inner on valid tokens, -1 on masked ones) for
+// Step 1 for one row: lambda_t (lam or lam_inner on valid tokens, -1 on masked ones) for
 // tokens t0 .. t0+n-1, padded with masked tokens to a multiple of W.
 template <typename S, int W>
 SAE_INLINE void stage_lambda(const ScanArgs& a, const Consts<S, W>& cs, int64_t row, int64_t t0,
@@ -411,22 +413,23 @@ SAE_INLINE void stage_tile(const ScanArgs& a, const Consts<S, W>& cs, Layout lay
 // The scan. A thread walks its rows in groups of NV vectors of W rows, and each group tile
 // by tile (kTile tokens; backwards in t for the forward pass):
 //   1. each row's tile of every input is read contiguously, converted to acc_t, and
-//      lambda_t is formed; all of it is staged on the stack;
+//      lambda_t is formed (-1 on masked tokens); all of it is staged on the stack;
 //   2. chunk by chunk (W tokens), W rows x W tokens are loaded from the stage and
 //      transposed in registers so that one vector holds one token of W rows; the recursion
 //      steps the NV vectors together, token by token, so that their independent dependency
 //      chains overlap; the results are transposed back into a row-major stage;
-//   3. each row's tile of both outputs is copied out contiguously.
+//   3. each row's tile of both outputs is written out contiguously, with streaming stores
+//      when the outputs are too large to stay cached (their lines are then never read in).
 // The staging pays for itself: loading W rows x W tokens straight from the tensors (and
-// storing the results straight back) is slower, in cache and out of it, mostly because rows
-// a multiple of 4 KiB apart (T a power of two) put every row's line for a given t in the
-// same L1 set. The group's next tiles are prefetched into L2: the hardware prefetchers lose
-// track of 4 * NV * W streams read a tile at a time (backwards, for the forward pass), and
-// prefetching into L1 would thrash it for the same reason.
+// storing the results straight back) measured slower, in cache and out of it, mostly
+// because rows a multiple of 4 KiB apart (T a power of two) put every row's line for a
+// given t in the same L1 set. For the same reason the next tile is prefetched into L2 only,
+// and its prefetches are spread over step 2's chunks: the hardware prefetchers lose track
+// of 4 * NV * W short streams, and one burst of a few hundred prefetches just queues up.
 
-// Step 3 for one row: n values, a vector at a time. The stage was just written a vector at
-// a time, and wider loads (libc memcpy's) spanning several pending stores would wait for
-// them to reach L1; the opaque register keeps GCC from turning the loop into such a call.
+// A store that bypasses the caches (dst aligned to the vector). Inline assembly rather
+// than intrinsics: the intrinsics are tied to a target and cannot be inlined through the
+// target-neutral templates shared by the two builds.
 template <typename S, typename R>
 SAE_INLINE void store_stream(S* dst, R r) {
 #if SAE_X86
@@ -439,6 +442,10 @@ SAE_INLINE void store_stream(S* dst, R r) {
 #endif
 }
 
+// Step 3 for one row: n values, a vector at a time, in the direction the scan walks. The
+// stage was just written a vector at a time, and wider loads (libc memcpy's) spanning
+// several pending stores would wait for them to reach L1; the opaque register keeps GCC
+// from turning the loop into such a call.
 template <typename S, int W, bool Backward, bool Stream>
 SAE_INLINE void copy_out(S* dst, const S* src, int n) {
   typedef vec_t<S, W> R;
@@ -616,11 +623,6 @@ bool use_wide() {
   return false;
 #endif
 }
-
-#ifndef SAE_NV
-#define SAE_NV 2
-#endif
-constexpr int kNV = SAE_NV;
 
 template <typename S, bool Adjoint>
 void scan_all_rows_as(const ScanArgs& a) {

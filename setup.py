@@ -17,6 +17,7 @@ What was built is also written to sae_ext/_build_info.py, which the package chec
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -98,10 +99,19 @@ def extensions():
     # fp-contract=off: no fused multiply-adds, so every row gets the same IEEE arithmetic
     # wherever the compiler vectorises or not.
     cxx = opt + ["-ffp-contract=off", "-fdiagnostics-color=always"]
+    link = []
+    # at::parallel_for is a header template whose OpenMP backend compiles to a serial loop
+    # unless the including file is built with OpenMP: without -fopenmp the CPU kernels
+    # would run on one thread whatever torch.get_num_threads() says. libgomp.so.1 is the
+    # runtime torch itself loads, so the two share one thread pool.
+    if sys.platform.startswith("linux"):
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     # py_limited_api: torch defines Py_LIMITED_API itself, so one abi3 wheel serves every
     # CPython it supports; our only Python code in C++ is the empty module in python_module.cpp.
     kwargs = dict(
         extra_compile_args={"cxx": cxx},
+        extra_link_args=link,
         py_limited_api=True,
     )
     if WITH_CUDA:

@@ -331,7 +331,10 @@ def main():
                 row["skipped"][name] = f"failed: {type(e).__name__}: {e}"
             bar.update()
         if device == "cuda" and B * T <= 64 * 4096:
-            row["times"]["op_cuda_graph"] = time_cuda_graph(sae_ext.advantages, inp, kw)
+            try:
+                row["times"]["op_cuda_graph"] = time_cuda_graph(sae_ext.advantages, inp, kw)
+            except Exception as e:  # noqa: BLE001 - e.g. the op is not capturable
+                row["skipped"]["op_cuda_graph"] = f"failed: {type(e).__name__}: {e}"
         records.append(row)
         del inp, floors, ref
         gc.collect()

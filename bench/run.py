@@ -278,7 +278,7 @@ def main():
     info = machine_info(device)
     if not info["sae_ext_openmp"]:
         print("note: sae_ext was built without OpenMP, so the op runs on one thread whatever "
-              "torch.get_num_threads() says (build with CFLAGS=-fopenmp LDFLAGS=-fopenmp)")
+              "torch.get_num_threads() says (rebuild with this repository's setup.py, which adds -fopenmp)")
 
     configs = [(B, T, d, m) for (B, T) in sizes for d in DTYPES for m in MODES]
     bar = progress(len(configs) * (len(methods) + 2) + len(sizes) * 2, "bench")

@@ -2,7 +2,7 @@
 
 Each takes the same inputs (rewards, values, logprobs, mask as [B, T] tensors; gamma, lam,
 lam_inner, threshold) and returns (advantages, returns) in float32. They are written here
-from the semantics in shared/sae-contract.md, in the style of the frameworks they are
+from the semantics in docs/semantics.md, in the style of the frameworks they are
 named after; none is copied from those frameworks. With a mask that is a valid prefix per
 row (trailing padding only, as the benchmark uses), all of them compute the contract's
 values; only the `verl_style` loop and the numba loops also follow the contract across

@@ -1,4 +1,4 @@
-"""Hypothesis property tests of torch.ops.sae.* against the contract (docs: sae-contract.md).
+"""Hypothesis property tests of torch.ops.sae.* against the contract (docs/semantics.md).
 
 Inputs are small random [B, T] problems (B in 0..6, T in 0..70) in float32 and float64, with
 every mask dtype, non-contiguous layouts, optional bootstrap, and hyperparameters drawn from

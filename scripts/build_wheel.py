@@ -103,8 +103,11 @@ def pypi_toolkit(py: Path, cuda: str) -> Path:
     if int(major) < 13:
         raise SystemExit("PyPI's CUDA 12 nvcc packages ship no nvcc driver; use a CUDA 12 toolkit "
                          "(e.g. a CUDA devel container) with --toolkit PATH or CUDA_HOME")
-    run([py, "-m", "pip", "install", "-q", f"nvidia-cuda-nvcc=={major}.{minor}.*",
-         f"nvidia-cuda-runtime=={major}.{minor}.*", f"nvidia-cuda-cccl=={major}.*"])
+    # nvcc's own pieces (front-end headers, cicc in nvvm) are separate wheels whose pins
+    # admit newer releases; a newer cicc writes PTX this ptxas rejects, so pin them all.
+    same = f"=={major}.{minor}.*"
+    run([py, "-m", "pip", "install", "-q", "nvidia-cuda-nvcc" + same, "nvidia-nvvm" + same,
+         "nvidia-cuda-crt" + same, "nvidia-cuda-runtime" + same, f"nvidia-cuda-cccl=={major}.*"])
     root = subprocess.run([str(py), "-c", f"import nvidia, os; print(os.path.join(nvidia.__path__[0], 'cu{major}'))"],
                           check=True, capture_output=True, text=True).stdout.strip()
     home = Path(root)

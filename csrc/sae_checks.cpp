@@ -58,20 +58,13 @@ void check_unit(const char* op, const char* name, double x) {
   TORCH_CHECK(x >= 0.0 && x <= 1.0, op, ": `", name, "` must be in [0, 1], got ", x);
 }
 
-Params make_params(const char* op, double gamma, double lam, double lam_inner, double threshold,
+Params checked_params(const char* op, double gamma, double lam, double lam_inner, double threshold,
                    bool uses_threshold) {
   check_unit(op, "gamma", gamma);
   check_unit(op, "lam", lam);
   check_unit(op, "lam_inner", lam_inner);
-  Params p{gamma, lam, lam_inner, 0.0, 0.0f};
-  if (uses_threshold) {
-    check_unit(op, "threshold", threshold);
-    p.log_p64 = std::log(threshold);  // log(0) = -inf: no token is below it
-    float f = static_cast<float>(p.log_p64);
-    if (static_cast<double>(f) < p.log_p64) f = std::nextafter(f, std::numeric_limits<float>::infinity());
-    p.log_p32 = f;
-  }
-  return p;
+  if (uses_threshold) check_unit(op, "threshold", threshold);
+  return sae::make_params(gamma, lam, lam_inner, uses_threshold ? threshold : 1.0);
 }
 
 void check_bootstrap(const char* op, const at::Tensor& bs, const at::Tensor& ref) {
@@ -127,7 +120,7 @@ Prepared prepare_forward(const char* op, const at::Tensor& rewards, const at::Te
   ScanArgs& a = out.args;
   a.B = B;
   a.T = T;
-  a.p = make_params(op, gamma, lam, lam_inner, threshold, cut_is_logprobs);
+  a.p = checked_params(op, gamma, lam, lam_inner, threshold, cut_is_logprobs);
   a.a = as_mat(rewards);
   a.b = as_mat(values);
   a.mask = as_mat(mask);
@@ -180,7 +173,7 @@ Prepared prepare_adjoint(const char* op, const c10::optional<at::Tensor>& grad_a
   ScanArgs& a = out.args;
   a.B = B;
   a.T = T;
-  a.p = make_params(op, gamma, lam, lam_inner, threshold, has_lp);
+  a.p = checked_params(op, gamma, lam, lam_inner, threshold, has_lp);
   const Mat none{nullptr, 0, 0, Kind::F32};
   a.a = has_ga ? as_mat(*grad_advantages) : none;
   a.b = has_gr ? as_mat(*grad_returns) : none;
@@ -199,7 +192,7 @@ at::Tensor prepare_boundaries(const char* op, const at::Tensor& logprobs, const 
   check_float_tensor(op, "logprobs", logprobs);
   check_like(op, "mask", mask, "logprobs", logprobs);
   check_mask_dtype(op, mask);
-  p = make_params(op, 0.0, 0.0, 0.0, threshold, true);
+  p = checked_params(op, 0.0, 0.0, 0.0, threshold, true);
   cut = CutSource{as_mat(logprobs), true};
   mask_mat = as_mat(mask);
   return at::empty(logprobs.sizes(), logprobs.options().dtype(at::kBool));

@@ -2,8 +2,10 @@
 // kernel and the host-emulated warp. Everything here compiles for host and device.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #if defined(__CUDACC__)
 #define SAE_HD __host__ __device__ __forceinline__
@@ -93,6 +95,15 @@ struct Params {
   double log_p64;
   float log_p32;
 };
+
+// Host side: the kernels' Params for hyperparameters already checked to lie in [0, 1].
+inline Params make_params(double gamma, double lam, double lam_inner, double threshold) {
+  Params p{gamma, lam, lam_inner, std::log(threshold), 0.0f};  // log(0) = -inf: no cut
+  float f = static_cast<float>(p.log_p64);
+  if (static_cast<double>(f) < p.log_p64) f = std::nextafter(f, std::numeric_limits<float>::infinity());
+  p.log_p32 = f;
+  return p;
+}
 
 // Where token t's "starts a new segment" flag comes from: log-probs under a threshold, or
 // a user-supplied bool tensor.

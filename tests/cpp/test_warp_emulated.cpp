@@ -101,11 +101,7 @@ struct Case {
 };
 
 Params make_params(const Case& c) {
-  Params p{c.gamma, c.lam, c.lam_inner, std::log(c.threshold), 0.0f};
-  float f = float(p.log_p64);
-  if (double(f) < p.log_p64) f = std::nextafter(f, INFINITY);
-  p.log_p32 = f;
-  return p;
+  return sae::make_params(c.gamma, c.lam, c.lam_inner, c.threshold);
 }
 
 struct Inputs {

@@ -39,7 +39,7 @@ def oracle_fwd(r, v, cut, mask, gamma, lam, lam_in, bootstrap, acc):
     g = torch.tensor(gamma, dtype=acc)
     A = torch.zeros(B, T, dtype=acc); Rt = torch.zeros(B, T, dtype=acc)
     for t in reversed(range(T)):
-        ret = R[:, t] + g * w; adv = ret - V[:, t]; wn = V[:, t] + lamt[:, t] * adv
+        ret = R[:, t] + g * w; adv = ret - V[:, t]; wn = (g * lamt[:, t]) * w + (V[:, t] + lamt[:, t] * (R[:, t] - V[:, t]))
         ok = valid[:, t]
         A[:, t] = torch.where(ok, adv, 0.0); Rt[:, t] = torch.where(ok, ret, 0.0); w = torch.where(ok, wn, w)
     return A, Rt
@@ -53,7 +53,7 @@ def oracle_bwd(ga, gr, cut, mask, gamma, lam, lam_in, acc):
     g_ = torch.tensor(gamma, dtype=acc)
     u = torch.zeros(B, dtype=acc); DR = torch.zeros(B, T, dtype=acc); DV = torch.zeros(B, T, dtype=acc)
     for t in range(T):
-        g = GA[:, t] + GR[:, t]; dr = g + lamt[:, t] * u; dv = (1 - lamt[:, t]) * u - GA[:, t]; un = g_ * dr
+        g = GA[:, t] + GR[:, t]; dr = g + lamt[:, t] * u; dv = (1 - lamt[:, t]) * u - GA[:, t]; un = (g_ * lamt[:, t]) * u + g_ * g
         ok = valid[:, t]
         DR[:, t] = torch.where(ok, dr, 0.0); DV[:, t] = torch.where(ok, dv, 0.0); u = torch.where(ok, un, u)
     return DR, DV, u

@@ -3,16 +3,19 @@
 // The contract's recursion carries (next_value, next_adv, next_is_boundary). It folds into
 // one scalar, w = next_value + lambda(next_is_boundary) * next_adv (a lambda-return), so
 // that each token's update depends on that token alone:
-//     R_t = r_t + gamma * w,   A_t = R_t - V_t,   w <- V_t + lambda_t * A_t
+//     R_t = r_t + gamma * w,   A_t = R_t - V_t,
+//     w <- V_t + lambda_t * A_t = (gamma * lambda_t) * w + (V_t + lambda_t * (r_t - V_t))
 // where lambda_t is lam if token t starts a segment and lam_inner otherwise; w starts at
-// the bootstrap value and masked tokens leave it untouched. As an affine map of w this is
-//     w <- (gamma * lambda_t) * w + (V_t + lambda_t * (r_t - V_t)),
-// which is what the CUDA warp scan composes.
+// the bootstrap value and masked tokens leave it untouched. w is updated in the affine form
+// on the right: it is what the CUDA warp scan composes, and its dependency chain from one
+// w to the next is one multiply and one add (the left form's is five operations, which
+// bounds how fast a single row can go).
 //
 // The adjoint (gradients of a loss through A and R into r, V and the bootstrap) is the
 // same kind of recursion run forward in time, carrying u = dLoss/dw:
 //     g = gA_t + gR_t,  dr_t = g + lambda_t * u,  dV_t = (1 - lambda_t) * u - gA_t,
-//     u <- gamma * dr_t,   and dLoss/dbootstrap = u after the last token.
+//     u <- gamma * dr_t = (gamma * lambda_t) * u + gamma * g,
+// again updated in the affine form; dLoss/dbootstrap = u after the last token.
 #pragma once
 
 #include "sae_elem.h"
@@ -24,7 +27,7 @@ SAE_HD void forward_token(acc_t r, acc_t v, acc_t lam_t, acc_t gamma, acc_t& w, 
                           acc_t& ret) {
   ret = r + gamma * w;
   adv = ret - v;
-  w = v + lam_t * adv;
+  w = (gamma * lam_t) * w + (v + lam_t * (r - v));
 }
 
 template <typename acc_t>
@@ -33,7 +36,7 @@ SAE_HD void adjoint_token(acc_t ga, acc_t gr, acc_t lam_t, acc_t gamma, acc_t& u
   const acc_t g = ga + gr;
   dr = g + lam_t * u;
   dv = (acc_t(1) - lam_t) * u - ga;
-  u = gamma * dr;
+  u = (gamma * lam_t) * u + gamma * g;
 }
 
 // lambda applied when stepping from token t to its predecessor.

@@ -583,6 +583,60 @@ SAE_INLINE void scan_group(const ScanArgs& a, const Consts<S, W>& cs, Layout lay
   }
 }
 
+// A row alone (B = 1, or the one row left over after the groups): a vector group would
+// spend nearly all of its work transposing empty lanes, so the row is staged as usual and
+// the recursion runs in scalar code. It makes the same IEEE operations in the same order as
+// a vector lane, so the results are bitwise those the row gets inside a group.
+template <typename S, int W, bool Adjoint>
+SAE_INLINE void scan_one_row(const ScanArgs& a, const Consts<S, W>& cs, Layout layout, bool stream,
+                             int64_t row) {
+  constexpr int P = kTile + W;
+  alignas(64) S xs[1][P], ys[1][P], ls[1][P], o0s[P], o1s[P];
+  const S gamma = S(a.p.gamma);
+  S carry = (!Adjoint && a.bootstrap.ptr != nullptr)
+                ? load_number<S>(a.bootstrap.kind, a.bootstrap.ptr, row * a.bootstrap.sb)
+                : S(0);
+  S* const out0 = static_cast<S*>(a.out0) + row * a.T;
+  S* const out1 = static_cast<S*>(a.out1) + row * a.T;
+  const int64_t T = a.T;
+  const int64_t ntiles = (T + kTile - 1) / kTile;
+  for (int64_t ii = 0; ii < ntiles; ++ii) {
+    const int64_t t0 = (Adjoint ? ii : ntiles - 1 - ii) * kTile;
+    const int n = int(std::min<int64_t>(kTile, T - t0));
+    const int64_t ip = Adjoint ? ii + kPrefetchTiles : ntiles - 1 - ii - kPrefetchTiles;
+    if (kPrefetchTiles > 0 && ip >= 0 && ip < ntiles) {
+      const int64_t tp = ip * kTile;
+      const int np = int(std::min<int64_t>(kTile, T - tp));
+      prefetch_run(a.a, row, tp, np);
+      prefetch_run(a.b, row, tp, np);
+      prefetch_run(a.mask, row, tp, np);
+      prefetch_run(a.cut.src, row, tp, np);
+    }
+    stage_tile<S, W, P, !Adjoint>(a, cs, layout, row, 1, t0, n, xs, ys, ls);
+    for (int j = 0; j < n; ++j) {
+      const int k = Adjoint ? j : n - 1 - j;
+      const S l = ls[0][k];
+      if (l >= S(0)) {
+        S r0, r1;
+        if (Adjoint) adjoint_token(xs[0][k], ys[0][k], l, gamma, carry, r0, r1);
+        else forward_token(xs[0][k], ys[0][k], l, gamma, carry, r0, r1);
+        o0s[k] = r0;
+        o1s[k] = r1;
+      } else {
+        o0s[k] = o1s[k] = S(0);
+      }
+    }
+    if (stream) {
+      copy_out<S, W, !Adjoint, true>(out0 + t0, o0s, n);
+      copy_out<S, W, !Adjoint, true>(out1 + t0, o1s, n);
+    } else {
+      copy_out<S, W, !Adjoint, false>(out0 + t0, o0s, n);
+      copy_out<S, W, !Adjoint, false>(out1 + t0, o1s, n);
+    }
+  }
+  if (Adjoint) static_cast<S*>(a.out2)[row] = carry;
+}
+
 // Rows [begin, end) in groups of NV * W.
 template <typename S, int W, int NV, bool Adjoint>
 SAE_INLINE void scan_rows(const ScanArgs& a, int64_t begin, int64_t end) {
@@ -590,8 +644,11 @@ SAE_INLINE void scan_rows(const ScanArgs& a, int64_t begin, int64_t end) {
   const Layout layout = layout_of(a);
   // Outputs too large to stay cached are written with streaming stores.
   const bool stream = 2 * a.B * a.T * int64_t(sizeof(S)) >= kStreamBytes;
-  for (int64_t row0 = begin; row0 < end; row0 += NV * W)
-    scan_group<S, W, NV, Adjoint>(a, cs, layout, stream, row0, std::min<int64_t>(NV * W, end - row0));
+  for (int64_t row0 = begin; row0 < end; row0 += NV * W) {
+    const int64_t nrows = std::min<int64_t>(NV * W, end - row0);
+    if (nrows == 1) scan_one_row<S, W, Adjoint>(a, cs, layout, stream, row0);
+    else scan_group<S, W, NV, Adjoint>(a, cs, layout, stream, row0, nrows);
+  }
 #if SAE_X86
   if (stream) __asm__ __volatile__("sfence" ::: "memory");  // order the streaming stores
 #endif

@@ -1,0 +1,95 @@
+"""The CPU kernel's code paths compute the same bits.
+
+The CPU scan has a vector build per instruction set (16-byte vectors everywhere, 32-byte
+AVX2 ones where the CPU has them, picked at run time; SAE_CPU_VECTOR=base forces the
+former) and a scalar path for a row that is alone in its group (B = 1, or one row left
+over after the groups of 16). All of them make the same IEEE operations per token, so
+their results must agree bitwise, forward and adjoint, for every input dtype and with
+holes in the mask. The vector build is chosen once per process, so the base build runs in
+a child process.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import sae_ext  # noqa: F401  (registers torch.ops.sae)
+from conftest import make_rollout
+
+OPS = torch.ops.sae
+
+# (B, T): a lone row; groups with a lone row left over (17 = 16 + 1, 33 = 2 * 16 + 1);
+# a partial group; T not a multiple of the 64-token tile or of any vector width.
+SHAPES = [(1, 1), (1, 777), (17, 300), (33, 129), (13, 64), (61, 1001)]
+DTYPES = ["float32", "bfloat16", "float64"]
+
+_COMPUTE = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, {tests!r})
+    import sae_ext
+    from conftest import make_rollout
+    OPS = torch.ops.sae
+    out = {{}}
+    for B, T in {shapes!r}:
+        for dt in {dtypes!r}:
+            r, v, lp, m, bs = make_rollout(B, T, dtype=getattr(torch, dt), seed=B * 7 + T,
+                                           mask_kind="random", reward_kind="dense")
+            out[(B, T, dt, "fwd")] = OPS.advantages(r, v, lp, m, 0.99, 0.5, 1.0, 0.2, bs)
+            out[(B, T, dt, "gae")] = OPS.advantages(r, v, lp, m, 0.97, 0.9, 0.9, 0.2, None)
+            out[(B, T, dt, "bwd")] = OPS.advantages_backward(r, v, m, lp, None, 0.99, 0.5, 1.0, 0.2)
+    torch.save(out, sys.argv[1])
+""")
+
+
+def _outputs(tmp_path, name, env_extra):
+    path = tmp_path / f"{name}.pt"
+    code = _COMPUTE.format(tests=os.path.dirname(__file__), shapes=SHAPES, dtypes=DTYPES)
+    env = dict(os.environ, **env_extra)
+    res = subprocess.run([sys.executable, "-c", code, str(path)], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return torch.load(path)
+
+
+def test_vector_builds_agree_bitwise(tmp_path):
+    base = _outputs(tmp_path, "base", {"SAE_CPU_VECTOR": "base"})
+    default = _outputs(tmp_path, "default", {"SAE_CPU_VECTOR": ""})
+    assert base.keys() == default.keys()
+    for key in base:
+        for a, b in zip(base[key], default[key]):
+            assert torch.equal(a, b), f"{key}: base and default vector builds differ"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("B", [17, 33])
+def test_lone_rows_equal_rows_in_a_group(B, dtype):
+    """Each row alone (scalar path) equals the same row inside the batch: vector lanes for
+    all but the last row, which is itself the lone leftover of the batch."""
+    r, v, lp, m, bs = make_rollout(B, 515, dtype=dtype, seed=B, mask_kind="random", reward_kind="dense")
+    batch = OPS.advantages(r, v, lp, m, 0.99, 0.5, 1.0, 0.2, bs)
+    batch_bw = OPS.advantages_backward(r, v, m, lp, None, 0.99, 0.5, 1.0, 0.2)
+    for row in range(B):
+        sl = slice(row, row + 1)
+        alone = OPS.advantages(r[sl], v[sl], lp[sl], m[sl], 0.99, 0.5, 1.0, 0.2, bs[sl])
+        alone_bw = OPS.advantages_backward(r[sl], v[sl], m[sl], lp[sl], None, 0.99, 0.5, 1.0, 0.2)
+        for got, want in zip(alone + alone_bw, batch + batch_bw):
+            assert torch.equal(got[0], want[row]), f"row {row}"
+
+
+def test_lone_row_with_bootstrap_and_masked_tail():
+    """The scalar path carries the bootstrap through a masked tail and zeroes masked tokens."""
+    r = torch.tensor([[1.0, 0.0, 2.0, 0.0, 0.0]])
+    v = torch.tensor([[0.5, 0.25, 0.75, 9.0, 9.0]])
+    lp = torch.zeros(1, 5)
+    m = torch.tensor([[True, False, True, False, False]])
+    bs = torch.tensor([4.0])
+    adv, ret = OPS.advantages(r, v, lp, m, 0.5, 0.5, 0.5, 0.2, bs)
+    # token 2: R = 2 + 0.5 * 4 = 4, A = 3.25; w = 0.75 + 0.5 * 3.25 = 2.375
+    # token 0: R = 1 + 0.5 * 2.375 = 2.1875, A = 1.6875
+    torch.testing.assert_close(ret, torch.tensor([[2.1875, 0.0, 4.0, 0.0, 0.0]]), rtol=0, atol=0)
+    torch.testing.assert_close(adv, torch.tensor([[1.6875, 0.0, 3.25, 0.0, 0.0]]), rtol=0, atol=0)

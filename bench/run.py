@@ -35,6 +35,7 @@ MODES = {
     "gae": dict(gamma=1.0, lam=0.95, lam_inner=0.95, threshold=0.2),
 }
 MAX_CALL_S = 60.0  # a baseline whose single call is estimated longer is skipped
+ROUNDS = 5  # the op and the floors are timed in this many interleaved rounds
 
 
 # ---------------------------------------------------------------------------------------
@@ -215,6 +216,12 @@ def machine_info(device):
     info["sae_ext_openmp"] = b"libgomp" in so.read_bytes()
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
+    try:  # numpy asks for transparent huge pages on arrays >= 4 MiB (the numba baselines' outputs)
+        from numpy._core.multiarray import _get_madvise_hugepage
+        info["numpy_madvise_hugepage"] = bool(_get_madvise_hugepage())
+    except Exception:  # noqa: BLE001
+        info["numpy_madvise_hugepage"] = None
+    info["torch_thp_alloc"] = os.environ.get("THP_MEM_ALLOC_ENABLE") == "1"
     for mod in ("numba", "torchrl", "numpy"):
         try:
             info[mod] = __import__(mod).__version__
@@ -296,28 +303,40 @@ def main():
         ref = sae_ext.advantages(**inp, **kw)
         row = dict(B=B, T=T, tokens=B * T, dtype=dname, mode=mode, bytes_read=read, bytes_written=written,
                    times={}, skipped=dict(skip_all), max_abs_diff={})
-        for fname, buf in floors.items():
-            bar.set_postfix_str(f"{B}x{T} {dname} {mode} {fname}")
-            row["times"][fname] = time_call(buf.clone, device, min_run)
-            bar.update()
+        # The op and the floors are timed in interleaved rounds and each gets the median of
+        # its round medians, so that their ratio is not skewed when the load from other
+        # jobs on a shared machine changes between one measurement and the next.
+        fast = {name: buf.clone for name, buf in floors.items()}
+        fast["op"] = lambda: methods["op"](**inp, **kw)
+        rounds = {name: [] for name in fast}
+        for i in range(ROUNDS):
+            bar.set_postfix_str(f"{B}x{T} {dname} {mode} op and floors, round {i + 1}/{ROUNDS}")
+            for name, fn in fast.items():
+                rounds[name].append(time_call(fn, device, min_run / ROUNDS))
+        for name, ts in rounds.items():
+            row["times"][name] = sorted(ts)[len(ts) // 2]
+        row["rounds"] = rounds
+        bar.update(len(floors))
         for name, fn in methods.items():
+            if name == "op":
+                bar.update()
+                continue
             bar.set_postfix_str(f"{B}x{T} {dname} {mode} {name}")
             call = (lambda fn=fn: fn(**inp, **kw))
             slow = False
-            if name != "op":
-                est = estimate_seconds(lambda **a: fn(**a, **kw), inp, B, T, device,
-                                       1024 if name.startswith("numba") else 128)
-                need = 12 * B * T * 4  # generous: the loops' temporaries and stacked lists
-                avail = _available_memory(device)
-                if est > MAX_CALL_S:
-                    row["skipped"][name] = f"estimated {est:.0f} s per call (> {MAX_CALL_S:.0f} s)"
-                    bar.update()
-                    continue
-                if avail is not None and need > 0.5 * avail:
-                    row["skipped"][name] = f"needs ~{need / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB free"
-                    bar.update()
-                    continue
-                slow = est > 1.0
+            est = estimate_seconds(lambda **a: fn(**a, **kw), inp, B, T, device,
+                                   1024 if name.startswith("numba") else 128)
+            need = 12 * B * T * 4  # generous: the loops' temporaries and stacked lists
+            avail = _available_memory(device)
+            if est > MAX_CALL_S:
+                row["skipped"][name] = f"estimated {est:.0f} s per call (> {MAX_CALL_S:.0f} s)"
+                bar.update()
+                continue
+            if avail is not None and need > 0.5 * avail:
+                row["skipped"][name] = f"needs ~{need / 2**30:.1f} GiB, {avail / 2**30:.1f} GiB free"
+                bar.update()
+                continue
+            slow = est > 1.0
             try:
                 out = call()
                 sync(device)

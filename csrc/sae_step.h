@@ -22,21 +22,50 @@
 
 namespace sae {
 
+// The two halves of a token's step, for kernels that evaluate them apart: the token's map
+// of the carried value (s <- a * s + b) and its outputs given the carried value before it.
+template <typename acc_t>
+SAE_HD void forward_map(acc_t r, acc_t v, acc_t lam_t, acc_t gamma, acc_t& a, acc_t& b) {
+  a = gamma * lam_t;
+  b = v + lam_t * (r - v);
+}
+
+template <typename acc_t>
+SAE_HD void forward_outputs(acc_t r, acc_t v, acc_t gamma, acc_t w, acc_t& adv, acc_t& ret) {
+  ret = r + gamma * w;
+  adv = ret - v;
+}
+
+template <typename acc_t>
+SAE_HD void adjoint_map(acc_t ga, acc_t gr, acc_t lam_t, acc_t gamma, acc_t& a, acc_t& b) {
+  a = gamma * lam_t;
+  b = gamma * (ga + gr);
+}
+
+template <typename acc_t>
+SAE_HD void adjoint_outputs(acc_t ga, acc_t gr, acc_t lam_t, acc_t u, acc_t& dr, acc_t& dv) {
+  const acc_t g = ga + gr;
+  dr = g + lam_t * u;
+  dv = (acc_t(1) - lam_t) * u - ga;
+}
+
+// One valid token: outputs from the carried value, then the carried value moves on.
 template <typename acc_t>
 SAE_HD void forward_token(acc_t r, acc_t v, acc_t lam_t, acc_t gamma, acc_t& w, acc_t& adv,
                           acc_t& ret) {
-  ret = r + gamma * w;
-  adv = ret - v;
-  w = (gamma * lam_t) * w + (v + lam_t * (r - v));
+  acc_t a, b;
+  forward_outputs(r, v, gamma, w, adv, ret);
+  forward_map(r, v, lam_t, gamma, a, b);
+  w = a * w + b;
 }
 
 template <typename acc_t>
 SAE_HD void adjoint_token(acc_t ga, acc_t gr, acc_t lam_t, acc_t gamma, acc_t& u, acc_t& dr,
                           acc_t& dv) {
-  const acc_t g = ga + gr;
-  dr = g + lam_t * u;
-  dv = (acc_t(1) - lam_t) * u - ga;
-  u = (gamma * lam_t) * u + gamma * g;
+  acc_t a, b;
+  adjoint_outputs(ga, gr, lam_t, u, dr, dv);
+  adjoint_map(ga, gr, lam_t, gamma, a, b);
+  u = a * u + b;
 }
 
 // lambda applied when stepping from token t to its predecessor.

@@ -182,8 +182,9 @@ SAE_HD void warp_scan_row(Warp& warp, const ScanArgs& s, const VecFlags& vec, in
     for (int j = 0; j < kPerLane; ++j) {
       const int k = Adjoint ? j : kPerLane - 1 - j;
       if (lam[k] < acc_t(0)) continue;
-      const acc_t a = gamma * lam[k];
-      const acc_t b = Adjoint ? gamma * (x[k] + y[k]) : y[k] + lam[k] * (x[k] - y[k]);
+      acc_t a, b;
+      if (Adjoint) adjoint_map(x[k], y[k], lam[k], gamma, a, b);
+      else forward_map(x[k], y[k], lam[k], gamma, a, b);
       mine = compose(Affine<acc_t>{a, b}, mine);
     }
     // 2. What the lanes before this one do to the carried state.

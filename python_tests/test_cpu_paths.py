@@ -93,3 +93,26 @@ def test_lone_row_with_bootstrap_and_masked_tail():
     # token 0: R = 1 + 0.5 * 2.375 = 2.1875, A = 1.6875
     torch.testing.assert_close(ret, torch.tensor([[2.1875, 0.0, 4.0, 0.0, 0.0]]), rtol=0, atol=0)
     torch.testing.assert_close(adv, torch.tensor([[1.6875, 0.0, 3.25, 0.0, 0.0]]), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "strided", "mixed_dtypes"])
+def test_lone_rows_equal_rows_in_a_group_for_other_layouts(layout):
+    """Same as above through the generic staging: non-contiguous views, and a mix of
+    float16 / float64 inputs with a float32 mask (each row alone takes the scalar path)."""
+    B, T = 17, 203
+    r, v, lp, m, bs = make_rollout(B, T, seed=5, mask_kind="random", reward_kind="dense")
+    if layout == "transposed":
+        r, v, lp = (x.t().contiguous().t() for x in (r, v, lp))
+        m = m.t().contiguous().t()
+    elif layout == "strided":
+        r, v, lp = (torch.stack([x, x], dim=-1)[..., 0] for x in (r, v, lp))
+    else:
+        r, v, lp, m = r.half(), v.double(), lp.half(), m.float()
+    batch = OPS.advantages(r, v, lp, m, 0.97, 0.3, 0.9, 0.25, bs)
+    batch_bw = OPS.advantages_backward(r, v, m, lp, None, 0.97, 0.3, 0.9, 0.25)
+    for row in range(B):
+        sl = slice(row, row + 1)
+        alone = OPS.advantages(r[sl], v[sl], lp[sl], m[sl], 0.97, 0.3, 0.9, 0.25, bs[sl])
+        alone_bw = OPS.advantages_backward(r[sl], v[sl], m[sl], lp[sl], None, 0.97, 0.3, 0.9, 0.25)
+        for got, want in zip(alone + alone_bw, batch + batch_bw):
+            assert torch.equal(got[0], want[row]), f"row {row}"

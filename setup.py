@@ -1,8 +1,10 @@
 """Build sae-ext: the sae::* ops as one torch extension, `sae_ext._C`.
 
 Environment variables (all optional):
-  SAE_BUILD_CUDA        auto (default: when CUDA_HOME is found and torch has CUDA), 1 (force;
-                        fails if no toolkit), 0 (CPU-only build)
+  SAE_BUILD_CUDA        auto (default: when a CUDA toolkit is found and torch has CUDA), 1
+                        (force; fails if no toolkit), 0 (CPU-only build). The toolkit is
+                        CUDA_HOME, else torch's guess from the nvcc on PATH; when that is not a
+                        toolkit root (a wrapper script or link), the root nvcc runs from.
   TORCH_CUDA_ARCH_LIST  CUDA architectures, default "8.0;9.0+PTX" (sm_80, sm_90 and PTX);
                         scripts/build_wheel.py sets a wider list per CUDA version
   MAX_JOBS              parallel compile jobs (torch's own variable); default: the CPU count,
@@ -42,16 +44,49 @@ def nvcc_release(cuda_home: str) -> str:
     return m.group(1)
 
 
+def has_cuda_runtime(root) -> bool:
+    return root is not None and os.path.isfile(os.path.join(root, "include", "cuda_runtime.h"))
+
+
+def resolve_cuda_home(guess):
+    """torch takes CUDA_HOME from the environment, else from the nvcc on PATH (that file's
+    grandparent directory), which is wrong when that nvcc is a wrapper script or a link from
+    outside the toolkit: the kernels then compile but the CUDA runtime cannot be linked. A
+    toolkit root holds include/cuda_runtime.h; when the guess does not, ask its nvcc where
+    its toolkit is (the TOP line of `nvcc --dryrun`)."""
+    if guess is None or has_cuda_runtime(guess):
+        return guess
+    try:
+        res = subprocess.run([os.path.join(guess, "bin", "nvcc"), "--dryrun", "-x", "cu", "-c",
+                              os.devnull, "-o", os.devnull], capture_output=True, text=True, timeout=120)
+        m = re.search(r"^#\$ TOP=(.+)$", res.stderr + res.stdout, re.M)
+    except (OSError, subprocess.SubprocessError):
+        m = None
+    top = os.path.normpath(m.group(1).strip()) if m else None
+    if has_cuda_runtime(top):
+        print(f"setup.py: CUDA_HOME={guess} is not a CUDA toolkit (no include/cuda_runtime.h); "
+              f"using {top}, where its nvcc runs from")
+        return top
+    return guess
+
+
+# Before anything asks cpp_extension for a CUDA path (it reads this module global).
+cpp_extension.CUDA_HOME = resolve_cuda_home(cpp_extension.CUDA_HOME)
+if cpp_extension.CUDA_HOME is not None:
+    os.environ["CUDA_HOME"] = cpp_extension.CUDA_HOME
+
+
 def cuda_wanted() -> bool:
     mode = os.environ.get("SAE_BUILD_CUDA", "auto").strip().lower()
     if mode in ("0", "false", "off", "no"):
         return False
-    found = cpp_extension.CUDA_HOME is not None and torch.version.cuda is not None
+    found = has_cuda_runtime(cpp_extension.CUDA_HOME) and torch.version.cuda is not None
     if mode in ("1", "true", "on", "yes"):
         if not found:
             raise RuntimeError(
                 "SAE_BUILD_CUDA=1 but no CUDA build is possible: "
-                f"CUDA_HOME={cpp_extension.CUDA_HOME!r}, torch.version.cuda={torch.version.cuda!r}. "
+                f"CUDA_HOME={cpp_extension.CUDA_HOME!r} (a toolkit root holds include/cuda_runtime.h), "
+                f"torch.version.cuda={torch.version.cuda!r}. "
                 "Set CUDA_HOME to the toolkit root and install a CUDA build of torch."
             )
         return True

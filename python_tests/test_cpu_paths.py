@@ -65,20 +65,25 @@ def test_vector_builds_agree_bitwise(tmp_path):
             assert torch.equal(a, b), f"{key}: base and default vector builds differ"
 
 
+def _assert_each_row_alone_equals_batch(r, v, lp, m, bs, hyper):
+    """Forward and adjoint of each row alone are bitwise those of the row in the batch."""
+    batch = OPS.advantages(r, v, lp, m, *hyper, bs)
+    batch_bw = OPS.advantages_backward(r, v, m, lp, None, *hyper)
+    for row in range(r.shape[0]):
+        sl = slice(row, row + 1)
+        alone = OPS.advantages(r[sl], v[sl], lp[sl], m[sl], *hyper, bs[sl])
+        alone_bw = OPS.advantages_backward(r[sl], v[sl], m[sl], lp[sl], None, *hyper)
+        for got, want in zip(alone + alone_bw, batch + batch_bw):
+            assert torch.equal(got[0], want[row]), f"row {row}"
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("B", [17, 33])
 def test_lone_rows_equal_rows_in_a_group(B, dtype):
     """Each row alone (scalar path) equals the same row inside the batch: vector lanes for
     all but the last row, which is itself the lone leftover of the batch."""
     r, v, lp, m, bs = make_rollout(B, 515, dtype=dtype, seed=B, mask_kind="random", reward_kind="dense")
-    batch = OPS.advantages(r, v, lp, m, 0.99, 0.5, 1.0, 0.2, bs)
-    batch_bw = OPS.advantages_backward(r, v, m, lp, None, 0.99, 0.5, 1.0, 0.2)
-    for row in range(B):
-        sl = slice(row, row + 1)
-        alone = OPS.advantages(r[sl], v[sl], lp[sl], m[sl], 0.99, 0.5, 1.0, 0.2, bs[sl])
-        alone_bw = OPS.advantages_backward(r[sl], v[sl], m[sl], lp[sl], None, 0.99, 0.5, 1.0, 0.2)
-        for got, want in zip(alone + alone_bw, batch + batch_bw):
-            assert torch.equal(got[0], want[row]), f"row {row}"
+    _assert_each_row_alone_equals_batch(r, v, lp, m, bs, (0.99, 0.5, 1.0, 0.2))
 
 
 def test_lone_row_with_bootstrap_and_masked_tail():
@@ -108,11 +113,4 @@ def test_lone_rows_equal_rows_in_a_group_for_other_layouts(layout):
         r, v, lp = (torch.stack([x, x], dim=-1)[..., 0] for x in (r, v, lp))
     else:
         r, v, lp, m = r.half(), v.double(), lp.half(), m.float()
-    batch = OPS.advantages(r, v, lp, m, 0.97, 0.3, 0.9, 0.25, bs)
-    batch_bw = OPS.advantages_backward(r, v, m, lp, None, 0.97, 0.3, 0.9, 0.25)
-    for row in range(B):
-        sl = slice(row, row + 1)
-        alone = OPS.advantages(r[sl], v[sl], lp[sl], m[sl], 0.97, 0.3, 0.9, 0.25, bs[sl])
-        alone_bw = OPS.advantages_backward(r[sl], v[sl], m[sl], lp[sl], None, 0.97, 0.3, 0.9, 0.25)
-        for got, want in zip(alone + alone_bw, batch + batch_bw):
-            assert torch.equal(got[0], want[row]), f"row {row}"
+    _assert_each_row_alone_equals_batch(r, v, lp, m, bs, (0.97, 0.3, 0.9, 0.25))

@@ -1,40 +1,71 @@
 // Argument checking and output allocation shared by every backend's launcher, so that the
-// CPU, CUDA and emulated-warp paths accept and reject exactly the same inputs.
+// CPU, CUDA and emulated-warp paths accept and reject exactly the same inputs with the same
+// messages (the Python fakes in sae_ext/_registrations.py word them the same way).
+//
+// Written against PyTorch's stable ABI (torch/csrc/stable, torch/headeronly) only, so one
+// build loads into every torch from TORCH_TARGET_VERSION on (see build_config.py).
 #pragma once
 
-#include <ATen/core/Tensor.h>
-#include <c10/util/Optional.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/csrc/stable/tensor.h>
+#include <torch/headeronly/core/DeviceType.h>
+#include <torch/headeronly/core/ScalarType.h>
 
-#include <tuple>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
 
 #include "sae_elem.h"
 
 namespace sae {
 
+using Tensor = torch::stable::Tensor;
+using OptTensor = std::optional<torch::stable::Tensor>;
+using DeviceType = torch::headeronly::DeviceType;
+
+// A std::runtime_error (Python: RuntimeError) whose text is exactly the arguments. Not
+// STD_TORCH_CHECK: that one prefixes the C++ function, file and line, and these messages
+// must read the same as the Python fakes' on the meta path.
+template <typename... Args>
+[[noreturn]] void fail(const Args&... args) {
+  std::ostringstream os;
+  (os << ... << args);
+  throw std::runtime_error(os.str());
+}
+#define SAE_CHECK(cond, ...) \
+  do {                       \
+    if (!(cond)) ::sae::fail(__VA_ARGS__); \
+  } while (0)
+
 struct Prepared {
   ScanArgs args;
-  at::Tensor out0, out1, out2;
+  Tensor out0, out1, out2;
   bool use_double = false;
 };
 
+// Every prepare_* takes the device type of the kernel that runs (CPU for the CPU and
+// emulated kernels, CUDA for the CUDA ones): the first tensor must be on it, and every
+// other tensor on that tensor's device, each failure naming the argument.
+
 // Forward: advantages and returns. `cut` is either log-probs (cut_is_logprobs) compared
 // against log(threshold), or a bool boundaries tensor.
-Prepared prepare_forward(const char* op, const at::Tensor& rewards, const at::Tensor& values,
-                         const at::Tensor& cut, bool cut_is_logprobs, const at::Tensor& mask,
-                         double gamma, double lam, double lam_inner, double threshold,
-                         const c10::optional<at::Tensor>& bootstrap);
+Prepared prepare_forward(const char* op, DeviceType device, const Tensor& rewards,
+                         const Tensor& values, const Tensor& cut, bool cut_is_logprobs,
+                         const Tensor& mask, double gamma, double lam, double lam_inner,
+                         double threshold, const OptTensor& bootstrap);
 
 // Adjoint of the forward pass. Exactly one of logprobs / boundaries is given.
-Prepared prepare_adjoint(const char* op, const c10::optional<at::Tensor>& grad_advantages,
-                         const c10::optional<at::Tensor>& grad_returns, const at::Tensor& mask,
-                         const c10::optional<at::Tensor>& logprobs,
-                         const c10::optional<at::Tensor>& boundaries, double gamma, double lam,
-                         double lam_inner, double threshold);
+Prepared prepare_adjoint(const char* op, DeviceType device, const OptTensor& grad_advantages,
+                         const OptTensor& grad_returns, const Tensor& mask,
+                         const OptTensor& logprobs, const OptTensor& boundaries, double gamma,
+                         double lam, double lam_inner, double threshold);
 
 // Segmentation: checks and the threshold pair; returns the bool output to fill.
-at::Tensor prepare_boundaries(const char* op, const at::Tensor& logprobs, const at::Tensor& mask,
-                              double threshold, CutSource& cut, Mat& mask_mat, Params& p);
+Tensor prepare_boundaries(const char* op, DeviceType device, const Tensor& logprobs,
+                          const Tensor& mask, double threshold, CutSource& cut, Mat& mask_mat,
+                          Params& p);
 
-Mat as_mat(const at::Tensor& t);
+Mat as_mat(const Tensor& t);
 
 }  // namespace sae

@@ -1,9 +1,10 @@
 // Every sae op schema, in one place. Kernels are registered per backend in their own
 // files (cpu/, cuda/, emulated/); fake kernels and autograd are registered in Python.
-// Python-free, so libtorch users link the same file (see CMakeLists.txt).
-#include <torch/library.h>
+// Python-free, so libtorch users link the same file (see CMakeLists.txt). The test hooks'
+// schemas live in testing_schema.cpp, which only the testing library is built from.
+#include <torch/csrc/stable/library.h>
 
-TORCH_LIBRARY(sae, m) {
+STABLE_TORCH_LIBRARY(sae, m) {
   // SAE advantages and returns, segments cut where logprobs < log(threshold) (fused, one pass).
   m.def("advantages(Tensor rewards, Tensor values, Tensor logprobs, Tensor mask, float gamma, "
         "float lam, float lam_inner, float threshold, Tensor? bootstrap=None) "
@@ -18,12 +19,4 @@ TORCH_LIBRARY(sae, m) {
   m.def("advantages_backward(Tensor? grad_advantages, Tensor? grad_returns, Tensor mask, "
         "Tensor? logprobs, Tensor? boundaries, float gamma, float lam, float lam_inner, "
         "float threshold) -> (Tensor grad_rewards, Tensor grad_values, Tensor grad_bootstrap)");
-  // Test hook: the CUDA kernel's per-warp algorithm run on CPU tensors with an emulated warp.
-  m.def("_warp_emulated_advantages(Tensor rewards, Tensor values, Tensor logprobs, Tensor mask, "
-        "float gamma, float lam, float lam_inner, float threshold, Tensor? bootstrap=None) "
-        "-> (Tensor advantages, Tensor returns)");
-  // Test hook: the CUDA adjoint kernel's per-warp algorithm, emulated likewise.
-  m.def("_warp_emulated_advantages_backward(Tensor? grad_advantages, Tensor? grad_returns, "
-        "Tensor mask, Tensor? logprobs, Tensor? boundaries, float gamma, float lam, "
-        "float lam_inner, float threshold) -> (Tensor, Tensor, Tensor)");
 }

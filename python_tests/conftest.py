@@ -3,7 +3,9 @@ error criterion (a kernel's error against the float64 reference must be within a
 multiple of what a same-precision PyTorch implementation of the contract incurs)."""
 from __future__ import annotations
 
+import glob
 import math
+import os
 
 import pytest
 import torch
@@ -11,6 +13,12 @@ import torch
 import sae_ext
 import sae_ext.info
 from sae_ext import reference
+
+# The test hooks (torch.ops.sae._warp_emulated_*) live in a library of their own that source
+# builds make (SAE_BUILD_TESTING=1, the default) and wheels leave out.
+TESTING_LIBRARY = next(iter(glob.glob(os.path.join(os.path.dirname(sae_ext.__file__), "_testing*.so"))), None)
+if TESTING_LIBRARY is not None:
+    torch.ops.load_library(TESTING_LIBRARY)
 
 # CPU-only builds register CUDA kernels too (ones that say the build has none), so ask the build.
 HAS_CUDA_KERNELS = torch.cuda.is_available() and sae_ext.info.build_info()["cuda_kernels"]

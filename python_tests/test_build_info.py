@@ -11,7 +11,7 @@ import torch
 import sae_ext
 import sae_ext.info
 from sae_ext._build_info import BUILD
-from sae_ext._compat import incompatibility, wheel_for
+from sae_ext._compat import _release, incompatibility, local_tag
 
 from conftest import make_rollout
 
@@ -19,16 +19,24 @@ from conftest import make_rollout
 def test_build_info_describes_this_build():
     info = sae_ext.info.build_info()
     assert info["version"] == sae_ext.__version__
-    assert info["torch_version"].split("+")[0].rsplit(".", 1)[0] == torch.__version__.split("+")[0].rsplit(".", 1)[0]
     assert info["runtime_torch_version"] == torch.__version__
+    assert info["fits_torch"] and info["misfit_reason"] is None
+    lo, hi = info["torch_range"]
+    assert _release(lo) <= _release(torch.__version__) < _release(hi)
+    # One build per CUDA major (stable ABI): the tag names no torch minor.
     tag = sae_ext.__version__.split("+")[1]
-    assert tag.endswith("torch" + ".".join(torch.__version__.split(".")[:2]))
     if info["cuda_kernels"]:
-        assert tag.startswith("cu" + torch.version.cuda.replace(".", "")) and info["cuda_arch_list"]
+        assert tag == "cu" + torch.version.cuda.split(".")[0] and info["cuda_arch_list"]
     else:
-        assert tag.startswith("cpu") and not info["cuda_usable"]
+        assert tag == "cpu" and not info["cuda_usable"]
     if not torch.cuda.is_available():
         assert not info["cuda_usable"] and info["cuda_usable_reason"]
+
+
+def test_build_info_needs_no_separate_import():
+    code = "import sae_ext; print(sae_ext.info.build_info()['version'])"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    assert out.stdout.strip() == sae_ext.__version__
 
 
 def test_info_command_prints_the_build():
@@ -47,37 +55,68 @@ def test_arch_coverage(arch_list, cap, ok):
 
 
 def _build(**kw):
-    b = {"version": "0.1.0+cu130torch2.14", "torch_version": "2.14.1+cu130", "torch_cuda": "13.0",
-         "cuda_toolkit": "13.0", "cuda_arch_list": "8.0;9.0+PTX", "cuda_kernels": True}
+    b = {"version": "0.1.0+cu13", "torch_version": "2.14.1+cu130", "torch_range": ["2.10", "3"],
+         "torch_cuda": "13.0", "cuda_toolkit": "13.0", "cuda_arch_list": "8.0;9.0+PTX",
+         "cuda_kernels": True}
     b.update(kw)
     return b
 
 
+def test_local_tag_is_the_cuda_major_only():
+    assert local_tag("13.0") == "cu13" and local_tag("13.2") == "cu13" and local_tag("12.8") == "cu12"
+    assert local_tag(None) == "cpu"
+
+
 def test_compatibility_rules():
-    assert incompatibility(_build(), "2.14.0+cu130", "13.0") is None
-    assert incompatibility(_build(), "2.14.1", "13.2") is None
-    msg = incompatibility(_build(), "2.13.0+cpu", None)
-    assert "2.14.1+cu130" in msg and "2.13.0+cpu" in msg and "sae-ext==0.1.0+cputorch2.13" in msg
+    # Every torch of the range, any CUDA minor of the build's major.
+    for version, cuda in (("2.10.0+cu130", "13.0"), ("2.13.0+cu130", "13.0"), ("2.14.1", "13.2"),
+                          ("2.99.0a0+git1234", "13.0")):
+        assert incompatibility(_build(), version, cuda) is None, version
+    msg = incompatibility(_build(), "2.9.1+cu130", "13.0")
+    assert "2.9.1+cu130" in msg and ">=2.10,<3" in msg and "from source" in msg
+    msg = incompatibility(_build(), "3.0.0+cu130", "13.0")
+    assert "3.0.0+cu130" in msg and ">=2.10,<3" in msg
     msg = incompatibility(_build(), "2.14.1+cpu", None)
-    assert "CPU-only" in msg and "sae-ext==0.1.0+cputorch2.14" in msg
+    assert "CPU-only" in msg and "2.14.1+cpu" in msg and "CUDA 13.0" in msg
     msg = incompatibility(_build(), "2.14.1+cu128", "12.8")
-    assert "CUDA 13.0" in msg and "12.8" in msg and "sae-ext==0.1.0+cu128torch2.14" in msg
-    cpu = _build(version="0.1.0+cputorch2.14", torch_cuda=None, cuda_toolkit=None, cuda_arch_list=None,
+    assert "13.x" in msg and "12.8" in msg
+    cpu = _build(version="0.1.0+cpu", torch_cuda=None, cuda_toolkit=None, cuda_arch_list=None,
                  cuda_kernels=False)
-    assert incompatibility(cpu, "2.14.1+cu130", "13.0") is None  # a CPU build runs on any 2.14
-    assert wheel_for("2.10.0+cu128", "12.8", "0.1.0") == "sae-ext==0.1.0+cu128torch2.10"
+    assert incompatibility(cpu, "2.13.0+cu130", "13.0") is None  # a CPU build runs on any torch in range
+    # No wheel is published: the fix is a build from source, -e in a source tree.
+    for tree in (None, "/src/sae-ext"):
+        msg = incompatibility(_build(), "2.9.0", None, tree)
+        assert "sae-ext==" not in msg and "pip install --no-build-isolation" in msg
+        assert ("-e ." in msg) == (tree is not None) and (tree is None or tree in msg)
+
+
+def _copy_with_build(tmp_path, **build):
+    """A copy of the package (out of any source tree) whose build record says `build`."""
+    pkg = tmp_path / "sae_ext"
+    shutil.copytree(sae_ext.__path__[0], pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    (pkg / "_build_info.py").write_text(f"BUILD = {dict(BUILD, **build)!r}\n")
+    return tmp_path
 
 
 def test_import_against_another_torch_fails_with_the_fix(tmp_path):
-    """A copy of the package whose build record says another torch refuses to import."""
-    pkg = tmp_path / "sae_ext"
-    shutil.copytree(sae_ext.__path__[0], pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    other = dict(BUILD, torch_version="2.10.0+cu128", version="0.1.0+cu128torch2.10")
-    (pkg / "_build_info.py").write_text(f"BUILD = {other!r}\n")
-    proc = subprocess.run([sys.executable, "-c", "import sae_ext"], cwd=tmp_path, capture_output=True, text=True)
+    """A copy of the package whose build record says another torch range refuses to import."""
+    cwd = _copy_with_build(tmp_path, torch_version="2.20.0+cu130", torch_range=["2.20", "3"],
+                           version="0.1.0+cu13")
+    proc = subprocess.run([sys.executable, "-c", "import sae_ext"], cwd=cwd, capture_output=True, text=True)
     assert proc.returncode != 0
-    assert "ImportError" in proc.stderr and "2.10.0+cu128" in proc.stderr and torch.__version__ in proc.stderr
-    assert "sae-ext==0.1.0+" in proc.stderr
+    assert "ImportError" in proc.stderr and ">=2.20,<3" in proc.stderr and torch.__version__ in proc.stderr
+    assert "from source" in proc.stderr and "sae-ext==" not in proc.stderr
+
+
+def test_info_command_explains_a_build_that_does_not_fit(tmp_path):
+    cwd = _copy_with_build(tmp_path, torch_version="2.20.0+cu130", torch_range=["2.20", "3"],
+                           version="0.1.0+cu13")
+    proc = subprocess.run([sys.executable, "-m", "sae_ext.info"], cwd=cwd, capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in ("0.1.0+cu13", "2.20.0+cu130", torch.__version__, "fits the installed torch  NO",
+                   ">=2.20,<3"):
+        assert needle in proc.stdout
 
 
 def test_cuda_dispatch_without_a_gpu_gives_a_clear_error():

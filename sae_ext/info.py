@@ -25,15 +25,26 @@ def _arch_covers(arch_list: str, major: int, minor: int) -> bool:
 
 
 def build_info() -> Dict[str, Any]:
-    """A dict: what was built (versions, arch list, CUDA kernels) and what runs here."""
+    """A dict: what was built (versions, torch range, arch list, CUDA kernels), what runs
+    here, and whether the two fit ("fits_torch", with "misfit_reason" when they do not).
+    Reads only the build record, never the compiled library, so it also explains a build
+    that cannot load here."""
     from ._build_info import BUILD
+    from ._compat import incompatibility
 
     info: Dict[str, Any] = dict(BUILD)
+    here = os.path.dirname(os.path.abspath(__file__))
+    tree = os.path.dirname(here) if os.path.isfile(os.path.join(here, "..", "setup.py")) else None
+    why_not = incompatibility(BUILD, torch.__version__, torch.version.cuda, tree)
+    info["fits_torch"] = why_not is None
+    info["misfit_reason"] = why_not
     info["runtime_torch_version"] = torch.__version__
     info["runtime_torch_cuda"] = torch.version.cuda
     info["cpu_threads"] = torch.get_num_threads()
     info["cpu_count"] = os.cpu_count()
-    if not BUILD["cuda_kernels"]:
+    if why_not is not None:
+        usable, why = False, "this build does not fit the installed torch"
+    elif not BUILD["cuda_kernels"]:
         usable, why = False, "this is a CPU-only build"
     elif not torch.cuda.is_available():
         usable, why = False, "no CUDA device is visible to torch here"
@@ -48,14 +59,18 @@ def build_info() -> Dict[str, Any]:
     return info
 
 
-def main() -> None:
+def main() -> int:
     info = build_info()
+    lo, hi = info.get("torch_range") or ("?", "?")
     rows = [
         ("sae_ext version", info["version"]),
         ("built against torch", info["torch_version"]),
+        ("loads into torch", f">={lo},<{hi}"),
+        ("fits the installed torch", "yes" if info["fits_torch"] else "NO"),
         ("built with CUDA", info["cuda_toolkit"] or "no (CPU-only build)"),
         ("CUDA arch list", info["cuda_arch_list"] or "-"),
         ("CUDA kernels present", "yes" if info["cuda_kernels"] else "no"),
+        ("testing library", "built" if info.get("testing_library") else "not built"),
         ("CUDA kernels usable here", f"{'yes' if info['cuda_usable'] else 'no'} ({info['cuda_usable_reason']})"),
         ("runtime torch", f"{info['runtime_torch_version']} (CUDA {info['runtime_torch_cuda'] or 'none'})"),
         ("CPU threads", f"{info['cpu_threads']} of {info['cpu_count']} cores"),
@@ -63,7 +78,11 @@ def main() -> None:
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
+    if not info["fits_torch"]:
+        print(f"\n{info['misfit_reason']}")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

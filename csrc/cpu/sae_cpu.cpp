@@ -10,11 +10,11 @@
 // -ffp-contract=off), so results are bitwise the same whatever the number of threads, the
 // vector width picked at run time (AVX2 or baseline), or where a row lands in a group.
 //
-// Threads come from at::parallel_for, which only runs in parallel when this file is built
-// with OpenMP (-fopenmp, as torch itself is); otherwise every call runs on one thread.
-#include <ATen/Parallel.h>
-#include <ATen/core/Tensor.h>
-#include <torch/library.h>
+// Threads come from torch::stable::parallel_for: a call through the stable C shim into
+// libtorch's own at::parallel_for, so the rows share torch's intra-op thread pool
+// (torch.get_num_threads()) whatever this file is compiled with.
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -687,12 +687,12 @@ void scan_all_rows_as(const ScanArgs& a) {
   const int64_t W = (wide ? 32 : 16) / int64_t(sizeof(S));
   // Two vector chains per group hide the recursion's latency; one when that would leave a
   // thread without rows.
-  const int nv = a.B >= kNV * W * at::get_num_threads() ? kNV : 1;
+  const int nv = a.B >= kNV * W * int64_t(torch::stable::get_num_threads()) ? kNV : 1;
   const int64_t G = W * nv;
   const int64_t ngroups = (a.B + G - 1) / G;
   // Enough tokens per task that thread start-up is amortised.
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, G * a.T));
-  at::parallel_for(0, ngroups, grain, [&](int64_t gb, int64_t ge) {
+  torch::stable::parallel_for(0, ngroups, grain, [&](int64_t gb, int64_t ge) {
     const int64_t begin = gb * G, end = std::min(a.B, ge * G);
     if (wide) {
       if (nv == kNV) scan_rows_wide<S, kNV, Adjoint>(a, begin, end);
@@ -720,47 +720,46 @@ void scan_all_rows(const ScanArgs& a, bool use_double) {
 // ---------------------------------------------------------------------------------------
 // Launchers.
 
-std::tuple<at::Tensor, at::Tensor> advantages_cpu(
-    const at::Tensor& rewards, const at::Tensor& values, const at::Tensor& logprobs,
-    const at::Tensor& mask, double gamma, double lam, double lam_inner, double threshold,
-    const c10::optional<at::Tensor>& bootstrap) {
-  Prepared pr = prepare_forward("sae.advantages", rewards, values, logprobs, true, mask, gamma,
-                                lam, lam_inner, threshold, bootstrap);
+std::tuple<Tensor, Tensor> advantages_cpu(const Tensor& rewards, const Tensor& values,
+                                          const Tensor& logprobs, const Tensor& mask,
+                                          double gamma, double lam, double lam_inner,
+                                          double threshold, const OptTensor& bootstrap) {
+  Prepared pr = prepare_forward("sae.advantages", DeviceType::CPU, rewards, values, logprobs, true,
+                                mask, gamma, lam, lam_inner, threshold, bootstrap);
   scan_all_rows<false>(pr.args, pr.use_double);
   return {pr.out0, pr.out1};
 }
 
-std::tuple<at::Tensor, at::Tensor> advantages_from_boundaries_cpu(
-    const at::Tensor& rewards, const at::Tensor& values, const at::Tensor& boundaries,
-    const at::Tensor& mask, double gamma, double lam, double lam_inner,
-    const c10::optional<at::Tensor>& bootstrap) {
-  Prepared pr = prepare_forward("sae.advantages_from_boundaries", rewards, values, boundaries,
-                                false, mask, gamma, lam, lam_inner, 0.0, bootstrap);
+std::tuple<Tensor, Tensor> advantages_from_boundaries_cpu(
+    const Tensor& rewards, const Tensor& values, const Tensor& boundaries, const Tensor& mask,
+    double gamma, double lam, double lam_inner, const OptTensor& bootstrap) {
+  Prepared pr = prepare_forward("sae.advantages_from_boundaries", DeviceType::CPU, rewards, values,
+                                boundaries, false, mask, gamma, lam, lam_inner, 0.0, bootstrap);
   scan_all_rows<false>(pr.args, pr.use_double);
   return {pr.out0, pr.out1};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> advantages_backward_cpu(
-    const c10::optional<at::Tensor>& grad_advantages, const c10::optional<at::Tensor>& grad_returns,
-    const at::Tensor& mask, const c10::optional<at::Tensor>& logprobs,
-    const c10::optional<at::Tensor>& boundaries, double gamma, double lam, double lam_inner,
-    double threshold) {
-  Prepared pr = prepare_adjoint("sae.advantages_backward", grad_advantages, grad_returns, mask,
-                                logprobs, boundaries, gamma, lam, lam_inner, threshold);
+std::tuple<Tensor, Tensor, Tensor> advantages_backward_cpu(
+    const OptTensor& grad_advantages, const OptTensor& grad_returns, const Tensor& mask,
+    const OptTensor& logprobs, const OptTensor& boundaries, double gamma, double lam,
+    double lam_inner, double threshold) {
+  Prepared pr = prepare_adjoint("sae.advantages_backward", DeviceType::CPU, grad_advantages,
+                                grad_returns, mask, logprobs, boundaries, gamma, lam, lam_inner,
+                                threshold);
   scan_all_rows<true>(pr.args, pr.use_double);
   return {pr.out0, pr.out1, pr.out2};
 }
 
-at::Tensor segment_boundaries_cpu(const at::Tensor& logprobs, const at::Tensor& mask,
-                                  double threshold) {
+Tensor segment_boundaries_cpu(const Tensor& logprobs, const Tensor& mask, double threshold) {
   CutSource cut;
   Mat mask_mat;
   Params p;
-  at::Tensor out = prepare_boundaries("sae.segment_boundaries", logprobs, mask, threshold, cut,
-                                      mask_mat, p);
+  Tensor out = prepare_boundaries("sae.segment_boundaries", DeviceType::CPU, logprobs, mask,
+                                  threshold, cut, mask_mat, p);
   const int64_t B = out.size(0), T = out.size(1);
-  bool* dst = out.data_ptr<bool>();
-  at::parallel_for(0, B, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, T)),
+  bool* dst = static_cast<bool*>(out.data_ptr());
+  if (B == 0 || T == 0) return out;
+  torch::stable::parallel_for(0, B, std::max<int64_t>(1, 32768 / std::max<int64_t>(1, T)),
                    [&](int64_t begin, int64_t end) {
                      alignas(64) int32_t valid[kTile], is_cut[kTile];
                      for (int64_t row = begin; row < end; ++row) {
@@ -777,11 +776,11 @@ at::Tensor segment_boundaries_cpu(const at::Tensor& logprobs, const at::Tensor& 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sae, CPU, m) {
-  m.impl("advantages", &advantages_cpu);
-  m.impl("advantages_from_boundaries", &advantages_from_boundaries_cpu);
-  m.impl("advantages_backward", &advantages_backward_cpu);
-  m.impl("segment_boundaries", &segment_boundaries_cpu);
+STABLE_TORCH_LIBRARY_IMPL(sae, CPU, m) {
+  m.impl("advantages", TORCH_BOX(&advantages_cpu));
+  m.impl("advantages_from_boundaries", TORCH_BOX(&advantages_from_boundaries_cpu));
+  m.impl("advantages_backward", TORCH_BOX(&advantages_backward_cpu));
+  m.impl("segment_boundaries", TORCH_BOX(&segment_boundaries_cpu));
 }
 
 }  // namespace sae

@@ -1,9 +1,7 @@
 // CPU registrations of the test hooks that run the CUDA kernel's per-warp algorithm
 // (cuda/sae_warp.h) on CPU tensors with an emulated warp. One emulated warp walks every
 // row in turn, as a warp of a grid-stride kernel would. Slow by design; tests only.
-#include <ATen/core/Tensor.h>
-#include <c10/util/Exception.h>
-#include <torch/library.h>
+#include <torch/csrc/stable/library.h>
 
 #include <tuple>
 
@@ -26,26 +24,26 @@ void emulate_rows(const Prepared& pr) {
       }
     });
   } catch (const emu::WarpDivergence& e) {
-    TORCH_CHECK(false, "emulated warp: ", e.what());
+    fail("emulated warp: ", e.what());
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> emulated_advantages(
-    const at::Tensor& rewards, const at::Tensor& values, const at::Tensor& logprobs,
-    const at::Tensor& mask, double gamma, double lam, double lam_inner, double threshold,
-    const c10::optional<at::Tensor>& bootstrap) {
-  Prepared pr = prepare_forward("sae._warp_emulated_advantages", rewards, values, logprobs, true,
-                                mask, gamma, lam, lam_inner, threshold, bootstrap);
+std::tuple<Tensor, Tensor> emulated_advantages(
+    const Tensor& rewards, const Tensor& values, const Tensor& logprobs,
+    const Tensor& mask, double gamma, double lam, double lam_inner, double threshold,
+    const OptTensor& bootstrap) {
+  Prepared pr = prepare_forward("sae._warp_emulated_advantages", DeviceType::CPU, rewards, values,
+                                logprobs, true, mask, gamma, lam, lam_inner, threshold, bootstrap);
   emulate_rows<false>(pr);
   return {pr.out0, pr.out1};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> emulated_advantages_backward(
-    const c10::optional<at::Tensor>& grad_advantages, const c10::optional<at::Tensor>& grad_returns,
-    const at::Tensor& mask, const c10::optional<at::Tensor>& logprobs,
-    const c10::optional<at::Tensor>& boundaries, double gamma, double lam, double lam_inner,
+std::tuple<Tensor, Tensor, Tensor> emulated_advantages_backward(
+    const OptTensor& grad_advantages, const OptTensor& grad_returns,
+    const Tensor& mask, const OptTensor& logprobs,
+    const OptTensor& boundaries, double gamma, double lam, double lam_inner,
     double threshold) {
-  Prepared pr = prepare_adjoint("sae._warp_emulated_advantages_backward", grad_advantages,
+  Prepared pr = prepare_adjoint("sae._warp_emulated_advantages_backward", DeviceType::CPU, grad_advantages,
                                 grad_returns, mask, logprobs, boundaries, gamma, lam, lam_inner,
                                 threshold);
   emulate_rows<true>(pr);
@@ -54,9 +52,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emulated_advantages_backward(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(sae, CPU, m) {
-  m.impl("_warp_emulated_advantages", &emulated_advantages);
-  m.impl("_warp_emulated_advantages_backward", &emulated_advantages_backward);
+STABLE_TORCH_LIBRARY_IMPL(sae, CPU, m) {
+  m.impl("_warp_emulated_advantages", TORCH_BOX(&emulated_advantages));
+  m.impl("_warp_emulated_advantages_backward", TORCH_BOX(&emulated_advantages_backward));
 }
 
 }  // namespace sae

@@ -1,15 +1,20 @@
 #!/usr/bin/env python3
-"""Build one sae-ext wheel for a given torch and CUDA version, then smoke-test it.
+"""Build one sae-ext wheel for a CUDA major version (or CPU), then smoke-test it.
 
     python scripts/build_wheel.py --torch 2.14.1 --cuda 13.0            # toolkit: CUDA_HOME or the system's
     python scripts/build_wheel.py --torch 2.14.1 --cuda 13.0 --toolkit pypi   # nvcc from PyPI
     python scripts/build_wheel.py --torch 2.14.1 --cpu
+    python scripts/build_wheel.py --torch 2.14.1 --cpu --test-torch 2.13.0 --test-torch 2.14.1
 
-It builds in a fresh virtual environment holding only that torch (so the wheel is built
-against exactly it), from a copy of the files git tracks, into dist/. The wheel is abi3
-(every CPython >= 3.10) and tagged with what it is for, e.g. sae_ext-0.1.0+cu130torch2.14.
-Then it installs the wheel into another fresh environment, prints `python -m sae_ext.info`
-and runs the CPU test suite against it (unless --no-test).
+It builds in a fresh virtual environment holding only that torch, from a copy of the files
+git tracks, into dist/, without the testing library (SAE_BUILD_TESTING=0). The library uses
+PyTorch's stable ABI only, so the wheel loads into every torch of the range it declares
+(csrc/build_config.json): it is abi3 (every CPython >= 3.10) and tagged by CUDA major only,
+e.g. sae_ext-0.1.0+cu13, sae_ext-0.1.0+cpu (the tag is computed in sae_ext/_compat.py).
+Then, for each --test-torch (default: --torch), it installs the wheel into a fresh
+environment with that torch, prints `python -m sae_ext.info` and runs the CPU test suite
+against it, less the tests of the emulated warp, whose library wheels leave out (unless
+--no-test).
 
 Where the CUDA toolkit comes from (--toolkit):
   auto    CUDA_HOME if set, else the system's (/usr/local/cuda-X.Y, or the nvcc on PATH)
@@ -34,6 +39,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
+def _load_compat():
+    """sae_ext/_compat.py by path (importing sae_ext would load a built library)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_sae_compat", ROOT / "sae_ext" / "_compat.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 # SASS for every datacenter and consumer generation the toolkit supports from Ampere on,
 # plus PTX of the newest so later GPUs can JIT. sm_80/86/89/90 everywhere; CUDA 12.8 added
 # Blackwell (sm_100, sm_120). Older GPUs (sm_70, sm_75) are left out: CUDA 13 dropped
@@ -52,11 +67,21 @@ def run(cmd, **kw):
     return subprocess.run([str(c) for c in cmd], check=True, **kw)
 
 
-def make_venv(path: Path, torch_version: str, extra=()) -> Path:
+def make_venv(path: Path, torch_version: str, extra=(), system_torch: bool = False) -> Path:
     """A virtual environment holding that torch and nothing of sae-ext. One made earlier for
     the same torch is reused (minus any sae-ext installed in it): installing torch is the
-    slow part, and it is the same torch."""
+    slow part, and it is the same torch. system_torch: see this interpreter's packages
+    (its torch must be torch_version) instead of installing torch."""
     py = path / "bin" / "python"
+    if system_torch:
+        if py.exists():
+            shutil.rmtree(path)
+        run([sys.executable, "-m", "venv", "--system-site-packages", path])
+        have = subprocess.run([str(py), "-c", "import torch; print(torch.__version__)"], check=True,
+                              capture_output=True, text=True).stdout.strip()
+        if have.split("+")[0] != torch_version:
+            raise SystemExit(f"--use-installed-torch: this Python's torch is {have}, not {torch_version}")
+        return py
     if py.exists():
         have = subprocess.run([str(py), "-c", "import torch; print(torch.__version__)"],
                               capture_output=True, text=True).stdout.strip()
@@ -167,14 +192,18 @@ def main() -> None:
     ap.add_argument("--work", default=str(ROOT / "build" / "wheels"), help="where the environments go")
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("MAX_JOBS", "2")))
     ap.add_argument("--no-test", action="store_true", help="skip the smoke test in a fresh environment")
+    ap.add_argument("--use-installed-torch", action="store_true",
+                    help="build against this Python's torch (must be --torch) instead of installing it")
+    ap.add_argument("--test-torch", action="append", metavar="VERSION",
+                    help="a torch to test the wheel beside (repeatable; default: --torch)")
     args = ap.parse_args()
 
-    label = "cpu" if args.cpu else f"cu{args.cuda.replace('.', '')}"
+    label = _load_compat().local_tag(None if args.cpu else args.cuda)
     work = Path(args.work) / f"torch{args.torch}"
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    py = make_venv(work / "build-env", args.torch)
-    env = dict(os.environ, MAX_JOBS=str(args.jobs))
+    py = make_venv(work / "build-env", args.torch, system_torch=args.use_installed_torch)
+    env = dict(os.environ, MAX_JOBS=str(args.jobs), SAE_BUILD_TESTING="0")
     env.pop("PYTHONPATH", None)
     if args.cpu:
         env["SAE_BUILD_CUDA"] = "0"
@@ -209,7 +238,7 @@ def main() -> None:
         t1 = time.time()
         run([py, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-w", out, src], env=env)
         t_build = time.time() - t1
-    wheels = sorted(set(out.glob("*.whl")) - before) or sorted(out.glob(f"*{label}torch*.whl"))
+    wheels = sorted(set(out.glob("*.whl")) - before) or sorted(out.glob(f"*+{label}-*.whl"))
     wheel = wheels[-1]
     print(f"\nbuilt {wheel.name}: {wheel.stat().st_size / 2**20:.1f} MiB in {t_build:.0f} s "
           f"(environment {t_env:.0f} s)")
@@ -217,13 +246,17 @@ def main() -> None:
         check_sass(py, wheel, env["TORCH_CUDA_ARCH_LIST"], args.cuda.split(".")[0])
 
     if not args.no_test:
-        tpy = make_venv(work / "test-env", args.torch, extra=("pytest", "hypothesis", "numpy"))
-        run([tpy, "-m", "pip", "install", "-q", "--no-deps", wheel])
-        with tempfile.TemporaryDirectory() as cwd:  # away from the source tree's sae_ext/
-            tenv = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-            run([tpy, "-m", "sae_ext.info"], cwd=cwd, env=tenv)
-            run([tpy, "-m", "pytest", "-q", "-p", "no:cacheprovider", ROOT / "python_tests"], cwd=cwd, env=tenv)
-        print(f"\n{wheel.name}: installed in a fresh environment, info printed, CPU tests passed")
+        for test_torch in args.test_torch or [args.torch]:
+            tpy = make_venv(Path(args.work) / f"torch{test_torch}" / "test-env", test_torch,
+                            extra=("pytest", "hypothesis", "numpy"))
+            run([tpy, "-m", "pip", "install", "-q", "--no-deps", wheel])
+            with tempfile.TemporaryDirectory() as cwd:  # away from the source tree's sae_ext/
+                tenv = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+                run([tpy, "-m", "sae_ext.info"], cwd=cwd, env=tenv)
+                run([tpy, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not emulated",
+                     ROOT / "python_tests"], cwd=cwd, env=tenv)
+            print(f"\n{wheel.name}: installed beside torch {test_torch} in a fresh environment, "
+                  "info printed, CPU tests passed")
 
 
 if __name__ == "__main__":

@@ -81,6 +81,7 @@ def make_venv(path: Path, torch_version: str, extra=(), system_torch: bool = Fal
                               capture_output=True, text=True).stdout.strip()
         if have.split("+")[0] != torch_version:
             raise SystemExit(f"--use-installed-torch: this Python's torch is {have}, not {torch_version}")
+        run([py, "-m", "pip", "install", "-q", "wheel", "setuptools>=64", "ninja"])
         return py
     if py.exists():
         have = subprocess.run([str(py), "-c", "import torch; print(torch.__version__)"],

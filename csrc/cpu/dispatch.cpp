@@ -1,0 +1,132 @@
+// CPU kernels. The recursion is a serial dependency chain per row, so a row alone runs at
+// the latency of a few dependent float ops per token. To reach memory speed each thread
+// walks rows side by side, one SIMD lane per row (W lanes per vector, NV vectors per group
+// so that their dependency chains overlap), and each group tile by tile: inputs of any
+// dtype and stride are read row-contiguously and converted into small stack buffers,
+// transposed in registers for the recursion, and the results are transposed back and
+// written out a tile row at a time (see "The scan" below). No heap temporaries are made.
+//
+// Rows never interact and every lane runs the same IEEE operations (sae_step.h, built with
+// -ffp-contract=off), so results are bitwise the same whatever the number of threads, the
+// vector width picked at run time (AVX2 or baseline), or where a row lands in a group.
+//
+// This file: ONE table of the ISA variants of the scan (each a build of scan_engine.h's
+// templates for one vector width and target), the choice among them at run time, and the
+// split of the rows over torch's threads. Threads come from torch::stable::parallel_for: a
+// call through the stable C shim into libtorch's own at::parallel_for, so the rows share
+// torch's intra-op thread pool (torch.get_num_threads()) whatever this file is built with.
+#include "dispatch.h"
+
+#include <torch/csrc/stable/ops.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#include "scan_engine.h"
+
+namespace sae {
+namespace cpu {
+namespace {
+
+using ScanFn = void (*)(const ScanArgs&, int64_t, int64_t);
+
+// The builds of the scan: 32-byte vectors for AVX2 machines, 16-byte vectors (SSE2, NEON)
+// for everything else. Same lanes, same operations, same results.
+template <typename S, int NV, bool Adjoint>
+SAE_TARGET_WIDE void scan_rows_wide(const ScanArgs& a, int64_t begin, int64_t end) {
+  scan_rows<S, 32 / sizeof(S), NV, Adjoint>(a, begin, end);
+}
+
+template <typename S, int NV, bool Adjoint>
+void scan_rows_base(const ScanArgs& a, int64_t begin, int64_t end) {
+  scan_rows<S, 16 / sizeof(S), NV, Adjoint>(a, begin, end);
+}
+
+bool cpu_has_avx2() {
+#if SAE_X86
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") != 0;
+#else
+  return false;
+#endif
+}
+
+bool always() { return true; }
+
+// One ISA variant: its name (as SAE_CPU_VECTOR spells it), vector size, whether this CPU
+// runs it, and its scan for each [float64][NV == kNV][adjoint].
+struct IsaVariant {
+  const char* name;
+  int vector_bytes;
+  bool (*available)();
+  ScanFn scan[2][2][2];
+};
+
+#define SAE_SCAN_BUILDS(fn)                                                                   \
+  {{{&fn<float, 1, false>, &fn<float, 1, true>}, {&fn<float, kNV, false>, &fn<float, kNV, true>}}, \
+   {{&fn<double, 1, false>, &fn<double, 1, true>},                                            \
+    {&fn<double, kNV, false>, &fn<double, kNV, true>}}}
+
+// In order of preference: the first one available is used.
+const IsaVariant kIsaVariants[] = {
+    {"avx2", 32, &cpu_has_avx2, SAE_SCAN_BUILDS(scan_rows_wide)},
+    {"base", 16, &always, SAE_SCAN_BUILDS(scan_rows_base)},
+};
+#undef SAE_SCAN_BUILDS
+
+// The preferred available variant, or the one SAE_CPU_VECTOR names if it is available.
+const IsaVariant& isa() {
+  static const IsaVariant& chosen = []() -> const IsaVariant& {
+    const char* env = std::getenv("SAE_CPU_VECTOR");
+    if (env != nullptr) {
+      for (const IsaVariant& v : kIsaVariants)
+        if (std::strcmp(env, v.name) == 0 && v.available()) return v;
+    }
+    for (const IsaVariant& v : kIsaVariants)
+      if (v.available()) return v;
+    return kIsaVariants[sizeof(kIsaVariants) / sizeof(kIsaVariants[0]) - 1];
+  }();
+  return chosen;
+}
+
+template <typename S, bool Adjoint>
+void scan_all_rows_as(const ScanArgs& a) {
+  const IsaVariant& v = isa();
+  const int64_t W = v.vector_bytes / int64_t(sizeof(S));
+  // Two vector chains per group hide the recursion's latency; one when that would leave a
+  // thread without rows.
+  const int nv = a.B >= kNV * W * int64_t(torch::stable::get_num_threads()) ? kNV : 1;
+  const ScanFn scan = v.scan[sizeof(S) == 8][nv == kNV][Adjoint];
+  const int64_t G = W * nv;
+  const int64_t ngroups = (a.B + G - 1) / G;
+  // Enough tokens per task that thread start-up is amortised.
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, G * a.T));
+  torch::stable::parallel_for(0, ngroups, grain, [&](int64_t gb, int64_t ge) {
+    scan(a, gb * G, std::min(a.B, ge * G));
+  });
+}
+
+}  // namespace
+
+template <bool Adjoint>
+void scan_all_rows(const ScanArgs& a, bool use_double) {
+  if (a.B == 0 || a.T == 0) {
+    if (Adjoint && a.B > 0) {  // no tokens: dLoss/dbootstrap is 0
+      if (use_double) std::fill_n(static_cast<double*>(a.out2), a.B, 0.0);
+      else std::fill_n(static_cast<float*>(a.out2), a.B, 0.0f);
+    }
+    return;
+  }
+  if (use_double) scan_all_rows_as<double, Adjoint>(a);
+  else scan_all_rows_as<float, Adjoint>(a);
+}
+
+template void scan_all_rows<false>(const ScanArgs&, bool);
+template void scan_all_rows<true>(const ScanArgs&, bool);
+
+const char* isa_name() { return isa().name; }
+
+}  // namespace cpu
+}  // namespace sae

@@ -129,3 +129,23 @@ def test_cuda_dispatch_without_a_gpu_gives_a_clear_error():
         op._op_dk(torch._C.DispatchKey.CUDA, r, v, lp, m, 1.0, 0.5, 1.0, 0.2, bs)
     with pytest.raises(RuntimeError, match=expected):
         torch.ops.sae.segment_boundaries.default._op_dk(torch._C.DispatchKey.CUDA, lp, m, 0.2)
+
+
+def test_kernels_name_the_argument_on_another_device():
+    """The C++ kernels themselves (called past the fakes): a tensor on another device than the
+    kernel's, or than `rewards`, is named, in the same words as the meta path's."""
+    r, v, lp, m, bs = make_rollout(2, 5)
+    cpu = torch._C.DispatchKey.CPU
+    op = torch.ops.sae.advantages.default
+    want = r"sae.advantages: `bootstrap` is on meta but `rewards` is on cpu; all tensors must be on one device"
+    with pytest.raises(RuntimeError, match=want):
+        op._op_dk(cpu, r, v, lp, m, 1.0, 0.5, 1.0, 0.2, bs.to("meta"))
+    with pytest.raises(RuntimeError, match=want.replace("meta", "@").replace("cpu", "meta").replace("@", "cpu")):
+        op(r.to("meta"), v.to("meta"), lp.to("meta"), m.to("meta"), 1.0, 0.5, 1.0, 0.2, bs)  # the fake
+    with pytest.raises(RuntimeError, match="`values` is on meta but `rewards` is on cpu"):
+        op._op_dk(cpu, r, v.to("meta"), lp, m, 1.0, 0.5, 1.0, 0.2, bs)
+    with pytest.raises(RuntimeError, match="`rewards` is on meta, but this kernel needs tensors on the CPU"):
+        op._op_dk(cpu, r.to("meta"), v.to("meta"), lp.to("meta"), m.to("meta"), 1.0, 0.5, 1.0, 0.2, None)
+    bw = torch.ops.sae.advantages_backward.default
+    with pytest.raises(RuntimeError, match="`logprobs` is on meta but `mask` is on cpu"):
+        bw._op_dk(cpu, r, v, m, lp.to("meta"), None, 1.0, 0.5, 1.0, 0.2)

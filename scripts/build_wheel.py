@@ -197,7 +197,11 @@ def main() -> None:
                     help="build against this Python's torch (must be --torch) instead of installing it")
     ap.add_argument("--test-torch", action="append", metavar="VERSION",
                     help="a torch to test the wheel beside (repeatable; default: --torch)")
+    ap.add_argument("--test-wheel", metavar="WHEEL", help="test this wheel, built earlier, instead of building")
     args = ap.parse_args()
+    if args.test_wheel:
+        test_wheel(Path(args.test_wheel).resolve(), args.test_torch or [args.torch], Path(args.work))
+        return
 
     label = _load_compat().local_tag(None if args.cpu else args.cuda)
     work = Path(args.work) / f"torch{args.torch}"
@@ -247,17 +251,23 @@ def main() -> None:
         check_sass(py, wheel, env["TORCH_CUDA_ARCH_LIST"], args.cuda.split(".")[0])
 
     if not args.no_test:
-        for test_torch in args.test_torch or [args.torch]:
-            tpy = make_venv(Path(args.work) / f"torch{test_torch}" / "test-env", test_torch,
-                            extra=("pytest", "hypothesis", "numpy"))
-            run([tpy, "-m", "pip", "install", "-q", "--no-deps", wheel])
-            with tempfile.TemporaryDirectory() as cwd:  # away from the source tree's sae_ext/
-                tenv = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-                run([tpy, "-m", "sae_ext.info"], cwd=cwd, env=tenv)
-                run([tpy, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not emulated",
-                     ROOT / "python_tests"], cwd=cwd, env=tenv)
-            print(f"\n{wheel.name}: installed beside torch {test_torch} in a fresh environment, "
-                  "info printed, CPU tests passed")
+        test_wheel(wheel, args.test_torch or [args.torch], Path(args.work))
+
+
+def test_wheel(wheel: Path, torches, work: Path) -> None:
+    """Install `wheel` beside each torch in a fresh environment, print its info, run the CPU
+    suite (less the emulated-warp tests: their library is not in wheels)."""
+    for test_torch in torches:
+        tpy = make_venv(work / f"torch{test_torch}" / "test-env", test_torch,
+                        extra=("pytest", "hypothesis", "numpy"))
+        run([tpy, "-m", "pip", "install", "-q", "--no-deps", wheel])
+        with tempfile.TemporaryDirectory() as cwd:  # away from the source tree's sae_ext/
+            tenv = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+            run([tpy, "-m", "sae_ext.info"], cwd=cwd, env=tenv)
+            run([tpy, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not emulated",
+                 ROOT / "python_tests"], cwd=cwd, env=tenv)
+        print(f"\n{wheel.name}: installed beside torch {test_torch} in a fresh environment, "
+              "info printed, CPU tests passed")
 
 
 if __name__ == "__main__":

@@ -151,7 +151,7 @@ def extensions():
     )
     if WITH_CUDA:
         sources.append("csrc/cuda/sae_cuda.cu")
-        kwargs["extra_compile_args"]["nvcc"] = opt + ["-lineinfo"]
+        kwargs["extra_compile_args"]["nvcc"] = opt + ["-lineinfo", "-fmad=false"]
         ext = cpp_extension.CUDAExtension("sae_ext._C", sources, **kwargs)
     else:
         sources.append("csrc/cuda_missing.cpp")

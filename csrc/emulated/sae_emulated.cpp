@@ -1,28 +1,21 @@
-// CPU registrations of the test hooks that run the CUDA kernel's per-warp algorithm
-// (cuda/sae_warp.h) on CPU tensors with an emulated warp. One emulated warp walks every
-// row in turn, as a warp of a grid-stride kernel would. Slow by design; tests only.
+// CPU registrations of the test hooks that run the CUDA launcher's whole schedule
+// (emulated/emulated_scan.h over cuda/sae_schedule.h) on CPU tensors with emulated warps and
+// blocks, choosing loaders and schedule exactly as the CUDA launcher does for an H100/H200.
+// Slow by design; tests only.
 #include <torch/csrc/stable/library.h>
 
 #include <tuple>
 
-#include "../cuda/sae_warp.h"
 #include "../sae_checks.h"
-#include "warp_emulator.h"
+#include "emulated_scan.h"
 
 namespace sae {
 namespace {
 
 template <bool Adjoint>
-void emulate_rows(const Prepared& pr) {
-  const ScanArgs& s = pr.args;
-  const VecFlags vec = vec_flags(s, pr.use_double ? 8 : 4);
+void emulate(const Prepared& pr) {
   try {
-    emu::run_warp([&](emu::EmulatedWarp& warp) {
-      for (int64_t row = 0; row < s.B; ++row) {
-        if (pr.use_double) warp_scan_row<double, Adjoint>(warp, s, vec, row);
-        else warp_scan_row<float, Adjoint>(warp, s, vec, row);
-      }
-    });
+    emu::emulate_scan<Adjoint>(pr.args, pr.use_double, emu::ScanOptions{});
   } catch (const emu::WarpDivergence& e) {
     fail("emulated warp: ", e.what());
   }
@@ -34,7 +27,7 @@ std::tuple<Tensor, Tensor> emulated_advantages(
     const OptTensor& bootstrap) {
   Prepared pr = prepare_forward("sae._warp_emulated_advantages", DeviceType::CPU, rewards, values,
                                 logprobs, true, mask, gamma, lam, lam_inner, threshold, bootstrap);
-  emulate_rows<false>(pr);
+  emulate<false>(pr);
   return {pr.out0, pr.out1};
 }
 
@@ -46,7 +39,7 @@ std::tuple<Tensor, Tensor, Tensor> emulated_advantages_backward(
   Prepared pr = prepare_adjoint("sae._warp_emulated_advantages_backward", DeviceType::CPU, grad_advantages,
                                 grad_returns, mask, logprobs, boundaries, gamma, lam, lam_inner,
                                 threshold);
-  emulate_rows<true>(pr);
+  emulate<true>(pr);
   return {pr.out0, pr.out1, pr.out2};
 }
 

@@ -5,6 +5,8 @@
 // (another call site, kind or width; or a lane that returns while others wait) are the
 // emulated form of a divergent __shfl_*_sync with a full mask, which on a GPU is undefined
 // behaviour or a hang: here it is reported as an error in every lane, never a hang.
+// A block is several such warps plus a barrier (the emulated __syncthreads) and shared
+// memory, so the block-level schedules of cuda/sae_schedule.h run here too.
 #pragma once
 
 #include <chrono>
@@ -12,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -163,33 +166,138 @@ class EmulatedWarp {
   int lane_;
 };
 
-// Runs fn(warp) on 32 emulated lanes. Throws WarpDivergence if the lanes did not meet at
-// every shuffle, and rethrows the first other exception a lane raised.
+// A barrier over every thread of an emulated block: the emulated __syncthreads. Threads
+// that do not all arrive (one returned while others wait, or a wait that outlasts the
+// timeout, e.g. some lanes stuck at a shuffle while others wait here) are reported as an
+// error in every thread, never a hang.
+class BlockBarrier {
+ public:
+  BlockBarrier(int threads, std::chrono::milliseconds timeout) : threads_(threads), timeout_(timeout) {}
+
+  void arrive(int thread, int line) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (!error_.empty()) throw WarpDivergence(error_);
+    if (exited_ > 0)
+      fail("thread " + std::to_string(thread) + " at sync (line " + std::to_string(line) +
+           ") while " + std::to_string(exited_) + " thread(s) had already returned");
+    const uint64_t gen = generation_;
+    if (++arrived_ == threads_) {
+      arrived_ = 0;
+      ++generation_;
+      cv_.notify_all();
+      return;
+    }
+    const bool done = cv_.wait_for(lock, timeout_, [&] { return generation_ != gen || !error_.empty(); });
+    if (!error_.empty()) throw WarpDivergence(error_);
+    if (!done)
+      fail("thread " + std::to_string(thread) + " at sync (line " + std::to_string(line) +
+           "): timed out waiting for the block's other threads");
+  }
+
+  void thread_exit(int thread) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++exited_;
+    if (arrived_ > 0 && error_.empty()) {
+      error_ = "block divergence: thread " + std::to_string(thread) + " returned while " +
+               std::to_string(arrived_) + " thread(s) wait at a sync";
+      cv_.notify_all();
+    }
+  }
+
+  void set_error(const std::string& msg) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (error_.empty()) error_ = msg;
+    cv_.notify_all();
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& what) {
+    if (error_.empty()) error_ = "block divergence: " + what;
+    cv_.notify_all();
+    throw WarpDivergence(error_);
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  const int threads_;
+  std::chrono::milliseconds timeout_;
+  int arrived_ = 0;
+  uint64_t generation_ = 0;
+  int exited_ = 0;
+  std::string error_;
+};
+
+// The Block interface of cuda/sae_schedule.h for one emulated thread.
+class EmulatedBlock {
+ public:
+  EmulatedBlock(BlockBarrier& bar, void* shared, int warp, int warps, int64_t block, int64_t blocks)
+      : bar_(bar), shared_(shared), warp_(warp), warps_(warps), block_(block), blocks_(blocks) {}
+  int warp_index() const { return warp_; }
+  int num_warps() const { return warps_; }
+  int64_t block_index() const { return block_; }
+  int64_t num_blocks() const { return blocks_; }
+  void* shared() const { return shared_; }
+  void sync(int line = __builtin_LINE()) { bar_.arrive(thread_, line); }
+  void set_thread(int t) { thread_ = t; }
+
+ private:
+  BlockBarrier& bar_;
+  void* shared_;
+  int warp_, warps_;
+  int64_t block_, blocks_;
+  int thread_ = 0;
+};
+
+// Runs fn(warp, block) on every thread of block `block` of a grid of `blocks` blocks of
+// `warps` emulated warps, with `shared_bytes` of zeroed shared memory. Throws
+// WarpDivergence when lanes miss a shuffle or threads miss a sync; rethrows the first other
+// exception a thread raised.
 template <class Fn>
-void run_warp(Fn&& fn, std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
-  WarpExchange ex(timeout);
-  std::vector<std::exception_ptr> errors(kLanes);
-  std::vector<std::thread> lanes;
-  lanes.reserve(kLanes);
-  for (int l = 0; l < kLanes; ++l) {
-    lanes.emplace_back([&, l] {
-      EmulatedWarp warp(ex, l);
+void run_block(int warps, int64_t block, int64_t blocks, size_t shared_bytes, Fn&& fn,
+               std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
+  std::vector<std::unique_ptr<WarpExchange>> exchanges;
+  for (int w = 0; w < warps; ++w) exchanges.emplace_back(new WarpExchange(timeout));
+  BlockBarrier barrier(warps * kLanes, timeout);
+  std::vector<uint64_t> shared((shared_bytes + 7) / 8 + 1, 0);
+  const int n = warps * kLanes;
+  std::vector<std::exception_ptr> errors(n);
+  const auto fail_all = [&](const std::string& msg) {
+    for (auto& ex : exchanges) ex->set_error(msg);
+    barrier.set_error(msg);
+  };
+  std::vector<std::thread> threads;
+  threads.reserve(n);
+  for (int i = 0; i < n; ++i) {
+    threads.emplace_back([&, i] {
+      const int w = i / kLanes, l = i % kLanes;
+      EmulatedWarp warp(*exchanges[w], l);
+      EmulatedBlock blk(barrier, shared.data(), w, warps, block, blocks);
+      blk.set_thread(i);
       try {
-        fn(warp);
-      } catch (const WarpDivergence&) {
-        // reported once below, from the exchange's own message
+        fn(warp, blk);
+      } catch (const WarpDivergence& e) {
+        fail_all(e.what());  // the other warps must not wait for this one
       } catch (...) {
-        errors[l] = std::current_exception();
-        ex.set_error("lane " + std::to_string(l) + " raised an exception");
+        errors[i] = std::current_exception();
+        fail_all("thread " + std::to_string(i) + " raised an exception");
       }
-      ex.lane_exit(l);
+      exchanges[w]->lane_exit(l);
+      barrier.thread_exit(i);
     });
   }
-  for (auto& t : lanes) t.join();
+  for (auto& t : threads) t.join();
   for (auto& e : errors)
     if (e) std::rethrow_exception(e);
-  const std::string err = ex.error();
-  if (!err.empty()) throw WarpDivergence(err);
+  for (auto& ex : exchanges) {
+    const std::string err = ex->error();
+    if (!err.empty()) throw WarpDivergence(err);
+  }
+}
+
+// Runs fn(warp) on 32 emulated lanes (a block of one warp). Throws WarpDivergence if the
+// lanes did not meet at every shuffle, and rethrows the first other exception a lane raised.
+template <class Fn>
+void run_warp(Fn&& fn, std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
+  run_block(1, 0, 1, 0, [&](EmulatedWarp& warp, EmulatedBlock&) { fn(warp); }, timeout);
 }
 
 }  // namespace emu

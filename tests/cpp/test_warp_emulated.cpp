@@ -6,6 +6,7 @@
 // Usage: test_warp_emulated <case>   (cases listed in main; ctest runs each)
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -13,8 +14,8 @@
 #include <string>
 #include <vector>
 
-#include "cuda/sae_warp.h"
-#include "emulated/warp_emulator.h"
+#include "cuda/sae_boundaries.h"
+#include "emulated/emulated_scan.h"
 
 using namespace sae;
 
@@ -54,16 +55,19 @@ struct Buffer {
   Mat mat;
 };
 
+// offset: elements before the view's first (an unaligned base); pad: elements between rows
+// (row starts not 16-byte aligned).
 Buffer make_buffer(Kind kind, int64_t B, int64_t T, int64_t st,
-                   const std::function<double(int64_t, int64_t)>& value) {
+                   const std::function<double(int64_t, int64_t)>& value, int64_t offset = 0,
+                   int64_t pad = 0) {
   const int size = kind_size(kind);
-  const int64_t sb = T * st;
-  const int64_t elems = (B == 0 || T == 0) ? 0 : (B - 1) * sb + (T - 1) * st + 1;
+  const int64_t sb = T * st + pad;
+  const int64_t elems = (B == 0 || T == 0) ? 0 : offset + (B - 1) * sb + (T - 1) * st + 1;
   Buffer buf;
   buf.bytes.assign(size_t(elems * size), 0);
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t t = 0; t < T; ++t) {
-      unsigned char* p = buf.bytes.data() + (b * sb + t * st) * size;
+      unsigned char* p = buf.bytes.data() + (offset + b * sb + t * st) * size;
       const double x = value(b, t);
       switch (kind) {
         case Kind::F32: { float f = float(x); std::memcpy(p, &f, 4); break; }
@@ -84,7 +88,7 @@ Buffer make_buffer(Kind kind, int64_t B, int64_t T, int64_t st,
       }
     }
   }
-  buf.mat = Mat{elems ? buf.bytes.data() : nullptr, sb, st, kind};
+  buf.mat = Mat{elems ? buf.bytes.data() + offset * size : nullptr, sb, st, kind};
   if (buf.mat.ptr == nullptr) buf.mat.ptr = &buf.bytes;  // any non-null: nothing is read
   return buf;
 }
@@ -94,6 +98,7 @@ struct Case {
   Kind value_kind = Kind::F32, mask_kind = Kind::B8, cut_kind = Kind::F32;
   bool from_logprobs = true;
   int64_t st = 1;  // element stride along T of every input
+  int64_t offset = 0, pad = 0;  // see make_buffer
   double gamma = 0.99, lam = 0.6, lam_inner = 1.0, threshold = 0.2;
   double mask_density = 0.85;
   bool with_bootstrap = true;
@@ -130,10 +135,10 @@ Inputs make_inputs(const Case& c) {
     return [&src, &c](int64_t b, int64_t t) { return src[b * c.T + t]; };
   };
   Inputs in;
-  in.r = make_buffer(c.value_kind, c.B, c.T, c.st, at(rs));
-  in.v = make_buffer(c.value_kind, c.B, c.T, c.st, at(vs));
-  in.cut = make_buffer(c.from_logprobs ? c.cut_kind : Kind::B8, c.B, c.T, c.st, at(cs));
-  in.mask = make_buffer(c.mask_kind, c.B, c.T, c.st, at(ms));
+  in.r = make_buffer(c.value_kind, c.B, c.T, c.st, at(rs), c.offset, c.pad);
+  in.v = make_buffer(c.value_kind, c.B, c.T, c.st, at(vs), c.offset, c.pad);
+  in.cut = make_buffer(c.from_logprobs ? c.cut_kind : Kind::B8, c.B, c.T, c.st, at(cs), c.offset, c.pad);
+  in.mask = make_buffer(c.mask_kind, c.B, c.T, c.st, at(ms), c.offset, c.pad);
   std::vector<double> bs(c.B);
   for (auto& x : bs) x = normal(rng);
   in.bootstrap = make_buffer(c.value_kind, 1, c.B, 1, [&](int64_t, int64_t t) { return bs[t]; });
@@ -162,15 +167,12 @@ ScanArgs scan_args(const Case& c, const Inputs& in, void* out0, void* out1, void
   return s;
 }
 
+// The emulated launch, with the CUDA launcher's choices unless `o` forces others.
+emu::ScanOptions g_opts;
+
 template <bool Adjoint>
-void run_emulated(const Case& c, const ScanArgs& s) {
-  const VecFlags vec = vec_flags(s, use_double(c) ? 8 : 4);
-  emu::run_warp([&](emu::EmulatedWarp& warp) {
-    for (int64_t row = 0; row < s.B; ++row) {
-      if (use_double(c)) warp_scan_row<double, Adjoint>(warp, s, vec, row);
-      else warp_scan_row<float, Adjoint>(warp, s, vec, row);
-    }
-  });
+void run_emulated(const Case& c, const ScanArgs& s, const emu::ScanOptions& o = g_opts) {
+  emu::emulate_scan<Adjoint>(s, use_double(c), o);
 }
 
 // The contract's recursion, literally, in float64.
@@ -348,6 +350,254 @@ void case_adjoint() {
   check_adjoint(s, "adjoint strided boundaries", true);
 }
 
+// ---- Schedules: every schedule, grid and block order gives the same bits -------------
+
+struct Variant {
+  const char* name;
+  emu::ScanOptions o;
+};
+
+// full: every schedule, grid and order below; else (kinds and layouts, where the loaders
+// are under test) the chosen one, a split one and the generic loader.
+std::vector<Variant> schedule_variants(bool full) {
+  std::vector<Variant> v;
+  const auto add = [&](const char* name, int kind, int warps, int64_t max_blocks, uint32_t seed,
+                       bool generic = false) {
+    emu::ScanOptions o;
+    o.force_schedule = kind;
+    o.warps = warps;
+    o.max_blocks = max_blocks;
+    o.order_seed = seed;
+    o.force_generic = generic;
+    v.push_back({name, o});
+  };
+  const int R = int(ScheduleKind::RowPerBlock), S = int(ScheduleKind::SplitRow);
+  add("chosen", -1, 0, 0, 0);
+  if (!full) {
+    add("S grid 3 shuffled", S, 0, 3, 17);
+    add("generic R W=2", R, 2, 0, 18, true);
+    return v;
+  }
+  add("R W=1 shuffled", R, 1, 0, 11);
+  add("R W=2 shuffled", R, 2, 0, 12);
+  add("R W=4 grid 2", R, 4, 2, 13);
+  add("R W=8 shuffled", R, 8, 0, 14);
+  add("S grid 1", S, 0, 1, 16);
+  add("S grid 3 shuffled", S, 0, 3, 17);
+  add("generic S", S, 0, 2, 19, true);
+  return v;
+}
+
+template <typename acc_t>
+bool same_bits(const std::vector<acc_t>& a, const std::vector<acc_t>& b) {
+  return a.size() == b.size() && (a.empty() || std::memcmp(a.data(), b.data(), a.size() * sizeof(acc_t)) == 0);
+}
+
+template <typename acc_t>
+size_t first_diff(const std::vector<acc_t>& a, const std::vector<acc_t>& b) {
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i)
+    if (std::memcmp(&a[i], &b[i], sizeof(acc_t)) != 0) return i;
+  return a.size();
+}
+
+// Row b of s as a batch of its own (the same memory, B = 1).
+ScanArgs row_alone(const ScanArgs& s, int64_t b, int acc_size, void* out0, void* out1, void* out2) {
+  ScanArgs r = s;
+  const auto shift = [&](Mat& m) {
+    if (m.ptr) m.ptr = static_cast<const char*>(m.ptr) + b * m.sb * kind_size(m.kind);
+  };
+  shift(r.a);
+  shift(r.b);
+  shift(r.mask);
+  shift(r.cut.src);
+  shift(r.bootstrap);
+  r.B = 1;
+  r.out0 = out0;
+  r.out1 = out1;
+  r.out2 = out2;
+  (void)acc_size;
+  return r;
+}
+
+// Runs `s` (forward or adjoint) under every variant and row by row; all must match the
+// first variant bit for bit. Returns the first variant's outputs.
+template <bool Adjoint, typename acc_t>
+void check_schedules_on(const Case& c, const ScanArgs& base, const char* name, bool full) {
+  const int64_t n = c.B * c.T;
+  const auto run = [&](const ScanArgs& s0, const emu::ScanOptions& o, std::vector<acc_t>& o0,
+                       std::vector<acc_t>& o1, std::vector<acc_t>& o2) {
+    o0.assign(size_t(s0.B * s0.T), acc_t(-7));
+    o1.assign(size_t(s0.B * s0.T), acc_t(-7));
+    o2.assign(size_t(s0.B), acc_t(-7));
+    ScanArgs s = s0;
+    s.out0 = o0.data();
+    s.out1 = o1.data();
+    s.out2 = Adjoint ? o2.data() : nullptr;
+    emu::emulate_scan<Adjoint>(s, sizeof(acc_t) == 8, o);
+  };
+  const std::vector<Variant> variants = schedule_variants(full);
+  std::vector<acc_t> w0, w1, w2;
+  run(base, variants[0].o, w0, w1, w2);
+  for (size_t i = 1; i < variants.size(); ++i) {
+    std::vector<acc_t> g0, g1, g2;
+    run(base, variants[i].o, g0, g1, g2);
+    CHECK(same_bits(g0, w0) && same_bits(g1, w1) && (!Adjoint || same_bits(g2, w2)),
+          "%s B=%lld T=%lld: schedule '%s' differs from '%s' (out0 first diff at %zu of %lld)", name,
+          (long long)c.B, (long long)c.T, variants[i].name, variants[0].name, first_diff(g0, w0),
+          (long long)n);
+  }
+  for (int64_t b : {int64_t(0), c.B - 1}) {
+    if (b < 0 || (!full && b > 0)) continue;
+    std::vector<acc_t> g0, g1, g2;
+    run(row_alone(base, b, sizeof(acc_t), nullptr, nullptr, nullptr), variants[0].o, g0, g1, g2);
+    const std::vector<acc_t> r0(w0.begin() + b * c.T, w0.begin() + (b + 1) * c.T);
+    const std::vector<acc_t> r1(w1.begin() + b * c.T, w1.begin() + (b + 1) * c.T);
+    CHECK(same_bits(g0, r0) && same_bits(g1, r1) && (!Adjoint || std::memcmp(&g2[0], &w2[b], sizeof(acc_t)) == 0),
+          "%s B=%lld T=%lld: row %lld alone differs from the batch", name, (long long)c.B,
+          (long long)c.T, (long long)b);
+  }
+}
+
+template <typename acc_t>
+void check_schedules_typed(const Case& c, const char* name, bool full, bool null_grad) {
+  const Inputs in = make_inputs(c);
+  const ScanArgs fwd = scan_args(c, in, nullptr, nullptr, nullptr);
+  check_schedules_on<false, acc_t>(c, fwd, name, full);
+  // Adjoint: the draw's rewards and values serve as gradients, as in check_adjoint_typed.
+  Case cg = c;
+  cg.seed = c.seed + 1000;
+  cg.mask_density = 1.0;
+  cg.value_kind = sizeof(acc_t) == 8 ? Kind::F64 : Kind::F32;
+  const Inputs gin = make_inputs(cg);
+  ScanArgs adj = fwd;
+  adj.a = gin.r.mat;
+  adj.b = gin.v.mat;
+  adj.bootstrap = Mat{nullptr, 0, 0, Kind::F32};
+  check_schedules_on<true, acc_t>(c, adj, name, full);
+  if (!null_grad) return;
+  // One gradient absent (reads as zeros), as autograd passes when one output is unused.
+  adj.b = Mat{nullptr, 0, 0, Kind::F32};
+  check_schedules_on<true, acc_t>(c, adj, name, full);
+}
+
+void check_schedules(const Case& c, const char* name, bool full = false, bool null_grad = false) {
+  if (use_double(c)) check_schedules_typed<double>(c, name, full, null_grad);
+  else check_schedules_typed<float>(c, name, full, null_grad);
+}
+
+const int64_t kScheduleLengths[] = {0, 1, 7, 8, 9, 255, 256, 257, 511, 2049};
+
+void case_schedules() {
+  for (int64_t T : kScheduleLengths) {
+    Case c{3, T};
+    c.seed = uint32_t(T) + 3;
+    check_schedules(c, "schedules", true, T == 257);
+  }
+  // Long enough that the chosen schedule splits rows (16+ chunks, fewer rows than SMs).
+  Case l{2, 16 * 256 + 3};
+  check_schedules(l, "schedules split-chosen", true);
+  check_forward(l, "split-chosen vs reference");
+}
+
+void case_schedule_kinds() {
+  const Kind values[] = {Kind::F32, Kind::BF16, Kind::F16, Kind::F64};
+  const Kind masks[] = {Kind::B8, Kind::F32, Kind::BF16, Kind::F16, Kind::F64, Kind::I64};
+  for (Kind vk : values) {
+    for (Kind mk : masks) {
+      for (bool lp : {true, false}) {
+        Case c{2, 300};
+        c.value_kind = vk;
+        c.mask_kind = mk;
+        c.cut_kind = vk;
+        c.from_logprobs = lp;
+        c.seed = uint32_t(int(vk) * 100 + int(mk) * 10 + lp);
+        check_schedules(c, "kinds");
+        check_forward(c, "kinds vs reference");
+      }
+    }
+  }
+}
+
+void case_schedule_layouts() {
+  struct Layout {
+    const char* name;
+    int64_t st, offset, pad;
+  };
+  const Layout layouts[] = {{"contiguous", 1, 0, 0}, {"unaligned base", 1, 1, 0},
+                            {"unaligned rows", 1, 0, 3}, {"strided", 2, 0, 0},
+                            {"strided unaligned", 3, 1, 1}};
+  for (const Layout& lay : layouts) {
+    for (Kind vk : {Kind::F32, Kind::BF16, Kind::F64}) {
+      for (int64_t T : {9, 300}) {
+        Case c{2, T};
+        c.st = lay.st;
+        c.offset = lay.offset;
+        c.pad = lay.pad;
+        c.value_kind = vk;
+        c.cut_kind = vk;
+        c.seed = uint32_t(T * 7 + int(vk));
+        check_schedules(c, lay.name);
+        check_forward(c, lay.name);
+        check_adjoint(c, lay.name, vk == Kind::F64);
+      }
+    }
+  }
+  // Bootstrap off, hyperparameter edges, boundaries mode, through every schedule.
+  Case e{4, 600};
+  e.with_bootstrap = false;
+  e.gamma = 1.0;
+  e.lam = 0.0;
+  check_schedules(e, "no bootstrap, lam=0");
+  Case g{4, 600};
+  g.gamma = 0.0;
+  g.threshold = 0.0;
+  check_schedules(g, "gamma=0, p=0");
+}
+
+// ---- Segmentation op: the vectorised per-run code against is_cut / load_nonzero -------
+
+void case_boundaries() {
+  const Kind cuts[] = {Kind::F32, Kind::BF16, Kind::F16, Kind::F64};
+  const Kind masks[] = {Kind::B8, Kind::F32, Kind::BF16, Kind::F16, Kind::F64, Kind::I32};
+  for (Kind ck : cuts) {
+    for (Kind mk : masks) {
+      for (int64_t T : {1, 8, 13, 64, 301}) {
+        for (int64_t offset : {0, 1}) {
+          Case c{3, T};
+          c.cut_kind = ck;
+          c.value_kind = ck;
+          c.mask_kind = mk;
+          c.offset = offset;
+          c.seed = uint32_t(T + int(ck) * 10 + int(mk));
+          const Inputs in = make_inputs(c);
+          const CutSource cut{in.cut.mat, true};
+          const Params p = make_params(c);
+          for (bool generic : {false, true}) {
+            std::vector<unsigned char> out(size_t(c.B * c.T), 7);
+            bool* o = reinterpret_cast<bool*>(out.data());
+            const BoundaryVec vec = boundary_vec_flags(cut, in.mask.mat, o, c.T);
+            with_boundary_loader(cut, in.mask.mat, generic, [&](auto loader) {
+              using L = decltype(loader);
+              for (int64_t b = 0; b < c.B; ++b)
+                for (int64_t t0 = 0; t0 < c.T; t0 += kPerLane) boundaries_run<L>(cut, in.mask.mat, p, vec, c.T, b, t0, o);
+            });
+            int bad = 0;
+            for (int64_t b = 0; b < c.B; ++b)
+              for (int64_t t = 0; t < c.T; ++t) {
+                const int64_t off = b * in.cut.mat.sb + t * in.cut.mat.st;
+                const bool want = load_nonzero(in.mask.mat.kind, in.mask.mat.ptr, off) &&
+                                  is_cut(cut, p, cut.src.ptr, off);
+                bad += out[b * c.T + t] != (want ? 1 : 0);
+              }
+            CHECK(bad == 0, "boundaries cut kind %d mask kind %d T=%lld offset %lld %s: %d wrong flags",
+                  int(ck), int(mk), (long long)T, (long long)offset, generic ? "generic" : "specialised", bad);
+          }
+        }
+      }
+    }
+  }
+}
+
 // The emulator itself must report divergent shuffles rather than hang.
 template <class Fn>
 bool diverges(Fn fn) {
@@ -396,6 +646,8 @@ int main(int argc, char** argv) {
   const std::map<std::string, void (*)()> cases = {
       {"lengths", case_lengths},     {"dtypes", case_dtypes}, {"strided_and_modes", case_strided_and_modes},
       {"adjoint", case_adjoint},     {"emulator", case_emulator},
+      {"schedules", case_schedules}, {"schedule_kinds", case_schedule_kinds},
+      {"schedule_layouts", case_schedule_layouts}, {"boundaries", case_boundaries},
   };
   std::vector<std::string> run;
   if (argc > 1) run.assign(argv + 1, argv + argc);

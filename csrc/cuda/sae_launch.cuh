@@ -1,0 +1,128 @@
+// The CUDA kernels and their torch-free launchers: the device Warp and Block of
+// sae_warp.h / sae_schedule.h, one kernel per schedule step and loader, and launch_*
+// functions that take the kernels' arguments, a workspace and a stream, choose nothing
+// that changes bits, and never synchronise with the host.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include "sae_boundaries.h"
+#include "sae_schedule.h"
+
+namespace sae {
+namespace cuda {
+
+// 4 blocks of 256 threads per SM: 32 warps (kTargetWarpsPerSm), so at most 64 registers.
+// (Without the minimum, ptxas picks 64 registers anyway for some loaders and spills
+// predicates to the stack; with it, it plans for 64 and spills nothing.)
+constexpr int kMinBlocksPerSm = 2;
+
+struct DeviceWarp {
+  __device__ __forceinline__ int lane() const { return threadIdx.x & (kWarpSize - 1); }
+  template <typename T>
+  __device__ __forceinline__ T shfl_down(T v, int d) const {
+    return __shfl_down_sync(0xffffffffu, v, d);
+  }
+  template <typename T>
+  __device__ __forceinline__ T shfl_up(T v, int d) const {
+    return __shfl_up_sync(0xffffffffu, v, d);
+  }
+  template <typename T>
+  __device__ __forceinline__ T shfl_idx(T v, int src) const {
+    return __shfl_sync(0xffffffffu, v, src);
+  }
+};
+
+struct DeviceBlock {
+  void* smem;
+  __device__ __forceinline__ int warp_index() const { return int(threadIdx.x) / kWarpSize; }
+  __device__ __forceinline__ int num_warps() const { return int(blockDim.x) / kWarpSize; }
+  __device__ __forceinline__ int64_t block_index() const { return int64_t(blockIdx.x); }
+  __device__ __forceinline__ int64_t num_blocks() const { return int64_t(gridDim.x); }
+  __device__ __forceinline__ void* shared() const { return smem; }
+  __device__ __forceinline__ void sync() const { __syncthreads(); }
+};
+
+template <class L, bool Adjoint>
+__global__ void __launch_bounds__(kMaxRowWarps * kWarpSize, kMinBlocksPerSm)
+    rows_kernel(const ScanArgs s, const VecFlags vec) {
+  __shared__ alignas(16) unsigned char smem[kSharedBytes];
+  DeviceWarp warp;
+  DeviceBlock blk{smem};
+  scan_rows_per_block<L, Adjoint>(warp, blk, s, vec);
+}
+
+template <class L, bool Adjoint, bool Replay>
+__global__ void __launch_bounds__(kSplitWarps * kWarpSize, kMinBlocksPerSm)
+    split_kernel(const ScanArgs s, const VecFlags vec, void* ws) {
+  DeviceWarp warp;
+  DeviceBlock blk{nullptr};
+  split_chunks<L, Adjoint, Replay>(warp, blk, s, vec, ws);
+}
+
+template <typename acc_t, bool Adjoint>
+__global__ void __launch_bounds__(kChainThreads) chain_kernel(const ScanArgs s, void* ws) {
+  for (int64_t row = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; row < s.B;
+       row += int64_t(gridDim.x) * blockDim.x)
+    split_chain_row<acc_t, Adjoint>(s, ws, row);
+}
+
+// 2-D grid: x over a row's runs of 8 tokens, y over rows (grid-stride both ways), so no
+// 64-bit division in the loop.
+template <class L>
+__global__ void __launch_bounds__(256) boundaries_kernel(const CutSource cut, const Mat mask,
+                                                         const Params p, const BoundaryVec vec,
+                                                         int64_t B, int64_t T, bool* out) {
+  const int64_t runs = (T + kPerLane - 1) / kPerLane;
+  for (int64_t row = blockIdx.y; row < B; row += gridDim.y)
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < runs;
+         i += int64_t(gridDim.x) * blockDim.x)
+      boundaries_run<L>(cut, mask, p, vec, T, row, i * kPerLane, out);
+}
+
+inline int device_sm_count(int device) {
+  int sm = 0;
+  if (cudaDeviceGetAttribute(&sm, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sm <= 0)
+    sm = 132;  // only the schedule choice depends on it, never the bits
+  return sm;
+}
+
+// The forward (Adjoint = false) or adjoint scan of s with schedule sc (choose_schedule);
+// ws: scan_workspace_bytes(sc, ...) bytes of device memory, or null when that is 0.
+template <bool Adjoint>
+cudaError_t launch_scan(const ScanArgs& s, bool use_double, const Schedule& sc, void* ws,
+                        cudaStream_t stream) {
+  if (s.B == 0) return cudaSuccess;
+  const VecFlags vec = vec_flags(s, use_double ? 8 : 4);
+  with_loader<Adjoint>(s, use_double, false, [&](auto loader) {
+    using L = decltype(loader);
+    using acc_t = typename L::acc;
+    if (sc.kind == ScheduleKind::RowPerBlock) {
+      rows_kernel<L, Adjoint><<<unsigned(sc.blocks), unsigned(sc.warps * kWarpSize), 0, stream>>>(s, vec);
+      return;
+    }
+    if (sc.blocks == 0) return;
+    const unsigned threads = kSplitWarps * kWarpSize;
+    split_kernel<L, Adjoint, false><<<unsigned(sc.blocks), threads, 0, stream>>>(s, vec, ws);
+    chain_kernel<acc_t, Adjoint><<<unsigned(sc.chain_blocks), kChainThreads, 0, stream>>>(s, ws);
+    split_kernel<L, Adjoint, true><<<unsigned(sc.blocks), threads, 0, stream>>>(s, vec, ws);
+  });
+  return cudaGetLastError();
+}
+
+inline cudaError_t launch_boundaries(const CutSource& cut, const Mat& mask, const Params& p,
+                                     int64_t B, int64_t T, bool* out, cudaStream_t stream) {
+  const int64_t runs = (T + kPerLane - 1) / kPerLane;
+  if (B == 0 || runs == 0) return cudaSuccess;
+  const BoundaryVec vec = boundary_vec_flags(cut, mask, out, T);
+  const int64_t bx = (runs + 255) / 256;
+  const dim3 grid(unsigned(bx < kMaxGrid ? bx : kMaxGrid), unsigned(B < 65535 ? B : 65535));
+  with_boundary_loader(cut, mask, false, [&](auto loader) {
+    using L = decltype(loader);
+    boundaries_kernel<L><<<grid, 256, 0, stream>>>(cut, mask, p, vec, B, T, out);
+  });
+  return cudaGetLastError();
+}
+
+}  // namespace cuda
+}  // namespace sae

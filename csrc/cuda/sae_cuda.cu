@@ -28,7 +28,7 @@ void run_scan(const Prepared& pr, const Tensor& like) {
   const size_t bytes = scan_workspace_bytes(sc, pr.args.B, pr.use_double);
   // Held until the launch is queued; the caching allocator keeps it for this stream's work.
   Tensor ws;
-  if (bytes) ws = torch::stable::new_empty(like, {int64_t(bytes)}, ScalarType::Byte);
+  if (bytes) ws = torch::stable::new_empty(like, {int64_t(bytes)}, torch::headeronly::ScalarType::Byte);
   check_cuda(cuda::launch_scan<Adjoint>(pr.args, pr.use_double, sc,
                                         bytes ? ws.data_ptr() : nullptr, on.stream),
              Adjoint ? "sae adjoint scan" : "sae scan");

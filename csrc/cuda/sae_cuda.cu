@@ -17,7 +17,13 @@
 namespace sae {
 namespace {
 
-// TODO(device checks): prepare_* will check every tensor against the expected device.
+// The tensor every other one is checked against (prepare_*: same device) must be on a
+// CUDA device before the guard is made. TODO(device checks): prepare_* will check every
+// tensor against the expected device; this then goes.
+void check_on_cuda(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.is_cuda(), op, ": `", name, "` must be on a CUDA device, got one on ", t.device());
+}
+
 template <bool Adjoint>
 void run_scan(const Prepared& pr, const at::Tensor& like) {
   const c10::cuda::CUDAGuard guard(like.device());
@@ -32,6 +38,7 @@ std::tuple<at::Tensor, at::Tensor> advantages_cuda(
     const at::Tensor& rewards, const at::Tensor& values, const at::Tensor& logprobs,
     const at::Tensor& mask, double gamma, double lam, double lam_inner, double threshold,
     const c10::optional<at::Tensor>& bootstrap) {
+  check_on_cuda("sae.advantages", "rewards", rewards);
   Prepared pr = prepare_forward("sae.advantages", rewards, values, logprobs, true, mask, gamma,
                                 lam, lam_inner, threshold, bootstrap);
   run_scan<false>(pr, rewards);
@@ -42,6 +49,7 @@ std::tuple<at::Tensor, at::Tensor> advantages_from_boundaries_cuda(
     const at::Tensor& rewards, const at::Tensor& values, const at::Tensor& boundaries,
     const at::Tensor& mask, double gamma, double lam, double lam_inner,
     const c10::optional<at::Tensor>& bootstrap) {
+  check_on_cuda("sae.advantages_from_boundaries", "rewards", rewards);
   Prepared pr = prepare_forward("sae.advantages_from_boundaries", rewards, values, boundaries,
                                 false, mask, gamma, lam, lam_inner, 0.0, bootstrap);
   run_scan<false>(pr, rewards);
@@ -53,6 +61,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> advantages_backward_cuda(
     const at::Tensor& mask, const c10::optional<at::Tensor>& logprobs,
     const c10::optional<at::Tensor>& boundaries, double gamma, double lam, double lam_inner,
     double threshold) {
+  check_on_cuda("sae.advantages_backward", "mask", mask);
   Prepared pr = prepare_adjoint("sae.advantages_backward", grad_advantages, grad_returns, mask,
                                 logprobs, boundaries, gamma, lam, lam_inner, threshold);
   run_scan<true>(pr, mask);
@@ -61,6 +70,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> advantages_backward_cuda(
 
 at::Tensor segment_boundaries_cuda(const at::Tensor& logprobs, const at::Tensor& mask,
                                    double threshold) {
+  check_on_cuda("sae.segment_boundaries", "logprobs", logprobs);
   CutSource cut;
   Mat mask_mat;
   Params p;

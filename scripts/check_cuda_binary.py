@@ -13,8 +13,8 @@ per kernel, and exits 1, naming each offending kernel, when
 - a scan kernel (a kernel whose name matches --scan-kernels) has no 128-bit global load in
   its sm_90 SASS (LDG.E.128, LDG.E.128.CONSTANT, ...): its inputs are not being read with
   the widest loads the hardware has. Kernels matching --scalar-ok are exempt from this
-  (the generic runtime-kind kernel and the carry pass, which reads one (a, b) pair per
-  chunk, are scalar by design), never from the stack rule.
+  (the kernels with the generic runtime-kind loader, and the carry pass, which reads one
+  (a, b) pair per chunk, load narrowly by design), never from the stack rule.
 
 cuobjdump comes from CUDA_HOME/bin, the PATH, or the PyPI packages `nvidia-cuda-cuobjdump`
 and `nvidia-cuda-nvdisasm` (its -sass needs nvdisasm; `pip install nvidia-cuda-cuobjdump
@@ -34,11 +34,14 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
-# A kernel is a scan kernel when its demangled name matches this; default covers the
-# forward/adjoint scan kernels of every schedule (row per block, the split passes).
-DEFAULT_SCAN_KERNELS = r"scan|replay|tile"
+# A kernel is a scan kernel when its demangled name matches this (case-insensitive); the
+# default covers the forward/adjoint scan kernels of every schedule (row per block, the
+# split passes).
+DEFAULT_SCAN_KERNELS = r"rows_kernel|split_kernel|scan"
 # ... and is excused from the 128-bit rule when it also matches this (scalar by design).
-DEFAULT_SCALAR_OK = r"generic|carr|chain"
+# The generic loader (storage kinds read at run time, any strides) and the split schedule's
+# carry pass (one (a, b) pair per chunk) are excused; neither may spill.
+DEFAULT_SCALAR_OK = r"GenericLoader|chain"
 SASS_ARCH = "sm_90"
 
 
@@ -159,7 +162,7 @@ def judge(kernels: List[Kernel], scan_re: str = DEFAULT_SCAN_KERNELS,
           scalar_ok_re: str = DEFAULT_SCALAR_OK) -> List[str]:
     """One message per problem; empty when every kernel passes."""
     problems = []
-    scan, scalar_ok = re.compile(scan_re), re.compile(scalar_ok_re)
+    scan, scalar_ok = re.compile(scan_re, re.I), re.compile(scalar_ok_re, re.I)
     if not kernels:
         problems.append("no kernels found in the device code")
     for k in kernels:
@@ -179,7 +182,7 @@ def judge(kernels: List[Kernel], scan_re: str = DEFAULT_SCAN_KERNELS,
 
 
 def table(kernels: List[Kernel], scan_re: str = DEFAULT_SCAN_KERNELS, scalar_ok_re: str = DEFAULT_SCALAR_OK) -> str:
-    scan, scalar_ok = re.compile(scan_re), re.compile(scalar_ok_re)
+    scan, scalar_ok = re.compile(scan_re, re.I), re.compile(scalar_ok_re, re.I)
     archs = sorted({a for k in kernels for a in k.usage})
     hdr = (["kernel", "role"] + [f"{a} REG/STACK/LOCAL" for a in archs]
            + [f"{SASS_ARCH} STL+LDL", "LDG", "LDG>=128b", "STG>=128b", "LD/ST generic"])

@@ -209,6 +209,8 @@ def model(B: int, T: int, dev: Device, values: str = "float32", mask: str = "boo
         exposed = 1.0 if min(bps, -(-sc.blocks // dev.sms)) == 1 else 0.0
         parts["scan"] = t + exposed * rounds * a.round_sync_cycles / dev.clock
         parts["fixed"] = a.kernel_fixed
+        if a.kernel_fixed >= 0.1 * (t + a.kernel_fixed):
+            limiter += f"; {a.kernel_fixed * 1e6:.1f} us fixed in {(t + a.kernel_fixed) * 1e6:.1f}"
         launches = 1
     else:
         inputs = tokens * rd
@@ -222,8 +224,17 @@ def model(B: int, T: int, dev: Device, values: str = "float32", mask: str = "boo
         chain = (sc.nchunks * a.chain_step_cycles / dev.clock
                  + -(-sc.nchunks // a.chain_batch) * a.l2_latency)
         parts.update(pass1=p1, pass2=chain, pass3=p3, fixed=3 * a.kernel_fixed)
-        limiter = (f"{'pass 1: ' + lim1 + '; ' if 'flight' in lim1 else ''}inputs read twice"
-                   f"{f' (pass 3 ~{l2_hit:.0%} from L2)' if l2_hit > 0 else ''}, pass 2's chain of {sc.nchunks}")
+        total = sum(parts.values())
+        why = []
+        if l2_hit < 0.99:
+            why.append("inputs read twice" + (f" (pass 3 ~{l2_hit:.0%} from L2)" if l2_hit > 0 else ""))
+        if chain >= 0.2 * total:
+            why.insert(0 if chain >= max(p1, p3) else len(why), f"pass 2's chain of {sc.nchunks}")
+        if l2_hit >= 0.99:
+            why.append("pass 3 from L2")
+        if parts["fixed"] >= 0.2 * total:
+            why.append("3 launches")
+        limiter = ", ".join(why)
         launches = 3
     device = sum(parts.values())
     host = a.host_op + launches * a.host_launch + (1e-6 if sc.kind == "split" else 0.0)
@@ -245,7 +256,7 @@ def target(B: int, T: int) -> str:
     if B >= 256 or B * T >= 4 * 2**20:
         return ">= 80%"
     if B == 1:
-        return "~10 us (launch-bound)"
+        return "~10 us, launch-bound"
     return "-"
 
 

@@ -132,3 +132,9 @@ def test_the_model_table_prints_every_shape():
     out = gpu_model.table(gpu_model.rows(), markdown=True)
     for B, T in gpu_model.SHAPES:
         assert f"| {B} x {T} |" in out
+
+
+def test_docs_quote_the_models_own_table():
+    """docs/gpu.md's modelled table is `python bench/gpu_model.py --markdown`, verbatim."""
+    doc = (BENCH.parent / "docs" / "gpu.md").read_text()
+    assert gpu_model.table(gpu_model.rows(), markdown=True) in doc

@@ -187,7 +187,7 @@ def test_every_schedule_equals_the_emulated_warp(B, T, rows, dtype):
     idx = torch.tensor(rows)
     want = emulated(r[idx], v[idx], lp[idx], m[idx], hyper, bs[idx])
     assert_bitwise(tuple(t[idx.cuda()] for t in got), want, f"{B}x{T} {dtype} rows {rows}")
-    if B * T <= 2 ** 20:  # and against the reference, where the float64 recursion is cheap
+    if T <= 4096:  # and against the reference, whose Python loop over T is slow for long rows
         check_against_reference(tuple(t.cpu() for t in got), (r, v, lp, m, *hyper, bs), what=f"{B}x{T}")
 
 

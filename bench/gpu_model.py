@@ -154,28 +154,47 @@ class Assumptions:
     kernel_fixed: float = 1.5e-6  # per kernel: start, the first round trip, the last stores' drain
     host_op: float = 5e-6  # per call on the host: dispatcher, checks, output allocation
     host_launch: float = 2.5e-6  # per kernel launch on the host (3-5 us is common in eager code)
-    regs: int = 64  # registers per thread of the scan kernels (to be read from cuobjdump -res-usage)
+    regs: Optional[int] = None  # registers per thread of every scan kernel; None: REGS_SM90
     chain_step_cycles: int = 8  # carry = a * c + b without FMA: dependent FMUL then FADD
     round_sync_cycles: int = 120  # RowPerBlock: two __syncthreads and the leader's W-step chain
     l2_reuse_full: float = 0.5  # pass 3 re-reads from L2 when the inputs fit in this share of it
     chain_batch: int = CHAIN_BATCH  # pass 2 waits one L2 round trip per this many chunks
     reverse_replay: bool = False  # pass 3 walks the chunks in pass 1's reverse order (L2 reuse)
     l2_usable: float = 0.7  # share of the L2 that still holds pass 1's latest inputs at pass 3
+    best_warps: bool = False  # row per block: the W in 1, 2, 4, 8 the model finds fastest
 
 
-def _resident_warps(dev: Device, warps_per_block: int, a: Assumptions) -> Tuple[int, int]:
-    """(blocks, warps) resident per SM for a block of `warps_per_block` warps."""
-    by_regs = dev.regs_per_sm // (a.regs * 32 * warps_per_block)
+# Registers per thread of the forward kernels (bool mask, log-probs of the values' dtype), as
+# `cuobjdump -res-usage` reads them in sm_90 code compiled from the kernels' sources
+# (nvcc 13.0, -O3 -fmad=false; scripts/check_cuda_binary.py prints them for any build).
+REGS_SM90 = {
+    "float32": dict(rows=93, pass1=78, pass3=93),
+    "bfloat16": dict(rows=72, pass1=64, pass3=90),
+    "float16": dict(rows=80, pass1=70, pass3=96),
+}
+
+
+def regs_for(values: str, kernel: str, a: "Assumptions") -> int:
+    if a.regs is not None:
+        return a.regs
+    return REGS_SM90.get(values, REGS_SM90["float32"])[kernel]
+
+
+def _resident_warps(dev: Device, warps_per_block: int, a: Assumptions, regs: int = 64) -> Tuple[int, int]:
+    """(blocks, warps) resident per SM for a block of `warps_per_block` warps, each thread
+    holding `regs` registers (allocated 8 at a time)."""
+    regs = -(-regs // 8) * 8
+    by_regs = dev.regs_per_sm // (regs * 32 * warps_per_block)
     by_warps = dev.max_warps_per_sm // warps_per_block
     blocks = max(1, min(by_regs, by_warps, dev.max_blocks_per_sm))
     return blocks, blocks * warps_per_block
 
 
 def _stream_time(dev: Device, a: Assumptions, blocks: int, warps_per_block: int, nbytes: float,
-                 inflight_per_warp: float) -> Tuple[float, float, str]:
+                 inflight_per_warp: float, regs: int) -> Tuple[float, float, str]:
     """Seconds to move nbytes with `blocks` blocks, wave by wave: each wave's bandwidth is the
     lesser of eta x peak and Little's law (bytes in flight / latency) over its SMs."""
-    bps, _ = _resident_warps(dev, warps_per_block, a)
+    bps, _ = _resident_warps(dev, warps_per_block, a, regs)
     per_wave = dev.sms * bps
     waves = max(1, -(-blocks // per_wave))
     t, limiter = 0.0, "HBM bandwidth"
@@ -202,12 +221,19 @@ def model(B: int, T: int, dev: Device, values: str = "float32", mask: str = "boo
     inflight = CHUNK * rd  # a warp's next chunk of inputs is in flight while it scans the current
     parts: Dict[str, float] = {}
     if sc.kind == "rows":
-        t, _, limiter = _stream_time(dev, a, sc.blocks, sc.warps, useful, inflight)
-        bps, _ = _resident_warps(dev, sc.warps, a)
-        rounds = -(-sc.nchunks // sc.warps)
-        # with one block per SM nobody hides its barriers and its leader's chain
-        exposed = 1.0 if min(bps, -(-sc.blocks // dev.sms)) == 1 else 0.0
-        parts["scan"] = t + exposed * rounds * a.round_sync_cycles / dev.clock
+        regs = regs_for(values, "rows", a)
+
+        def rows_time(w):
+            t, _, lim = _stream_time(dev, a, sc.blocks, w, useful, inflight, regs)
+            bps, _ = _resident_warps(dev, w, a, regs)
+            # with one block per SM nobody hides its barriers and its leader's chain
+            exposed = 1.0 if min(bps, -(-sc.blocks // dev.sms)) == 1 else 0.0
+            return t + exposed * -(-sc.nchunks // w) * a.round_sync_cycles / dev.clock, lim, t
+
+        if a.best_warps:  # what a rule that knows the occupancy would pick
+            sc.warps = min((w for w in (1, 2, 4, 8) if w <= _pow2_at_least(sc.nchunks, MAX_ROW_WARPS)),
+                           key=lambda w: rows_time(w)[0])
+        parts["scan"], limiter, t = rows_time(sc.warps)
         parts["fixed"] = a.kernel_fixed
         if a.kernel_fixed >= 0.1 * (t + a.kernel_fixed):
             limiter += f"; {a.kernel_fixed * 1e6:.1f} us fixed in {(t + a.kernel_fixed) * 1e6:.1f}"
@@ -218,9 +244,11 @@ def model(B: int, T: int, dev: Device, values: str = "float32", mask: str = "boo
             l2_hit = min(1.0, a.l2_usable * dev.l2 / inputs) if inputs else 1.0
         else:  # same order: a cyclic walk over more than the L2 finds nothing left of it
             l2_hit = min(1.0, max(0.0, (dev.l2 - inputs) / (dev.l2 * (1 - a.l2_reuse_full))))
-        p1, _, lim1 = _stream_time(dev, a, sc.blocks, sc.warps, inputs + B * sc.nchunks * 8, inflight)
+        p1, _, lim1 = _stream_time(dev, a, sc.blocks, sc.warps, inputs + B * sc.nchunks * 8, inflight,
+                                   regs_for(values, "pass1", a))
         p3, _, lim3 = _stream_time(dev, a, sc.blocks, sc.warps,
-                                   inputs * (1 - l2_hit) + tokens * wr + B * sc.nchunks * 4, inflight)
+                                   inputs * (1 - l2_hit) + tokens * wr + B * sc.nchunks * 4, inflight,
+                                   regs_for(values, "pass3", a))
         chain = (sc.nchunks * a.chain_step_cycles / dev.clock
                  + -(-sc.nchunks // a.chain_batch) * a.l2_latency)
         parts.update(pass1=p1, pass2=chain, pass3=p3, fixed=3 * a.kernel_fixed)
@@ -280,13 +308,17 @@ def table(rs: List[Dict], markdown: bool = False) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--markdown", action="store_true")
-    ap.add_argument("--regs", type=int, default=Assumptions.regs, help="registers per thread of the scan kernels")
+    ap.add_argument("--regs", type=int, default=None,
+                    help="registers per thread of every scan kernel (default: REGS_SM90, per kernel)")
     ap.add_argument("--chain-batch", type=int, default=CHAIN_BATCH,
                     help="chunks per L2 round trip in pass 2 (the launcher's is 16)")
     ap.add_argument("--reverse-replay", action="store_true",
                     help="pass 3 replays the chunks in pass 1's reverse order (not what the launcher does)")
+    ap.add_argument("--best-warps", action="store_true",
+                    help="row per block: the warps per block the model finds fastest (not the launcher's rule)")
     args = ap.parse_args()
-    a = Assumptions(regs=args.regs, chain_batch=args.chain_batch, reverse_replay=args.reverse_replay)
+    a = Assumptions(regs=args.regs, chain_batch=args.chain_batch, reverse_replay=args.reverse_replay,
+                    best_warps=args.best_warps)
     print(table(rows(a=a), markdown=args.markdown))
 
 

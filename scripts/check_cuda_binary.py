@@ -43,6 +43,8 @@ DEFAULT_SCAN_KERNELS = r"rows_kernel|split_kernel|scan"
 # carry pass (one (a, b) pair per chunk) are excused; neither may spill.
 DEFAULT_SCALAR_OK = r"GenericLoader|chain"
 SASS_ARCH = "sm_90"
+# csrc/sae_elem.h's Kind enum, for reading the loaders' template arguments in the table
+KIND_NAMES = {"0": "F32", "1": "F64", "2": "F16", "3": "BF16", "4": "B8", "5": "I16", "6": "I32", "7": "I64"}
 
 
 @dataclass
@@ -188,17 +190,18 @@ def table(kernels: List[Kernel], scan_re: str = DEFAULT_SCAN_KERNELS, scalar_ok_
            + [f"{SASS_ARCH} STL+LDL", "LDG", "LDG>=128b", "STG>=128b", "LD/ST generic"])
     rows = []
     for k in kernels:
+        short = re.sub(r"\((?:[^()]|\([^()]*\))*\)$", "", k.name)  # the argument list says nothing new
+        short = re.sub(r"\(sae::Kind\)(\d)", lambda m: KIND_NAMES.get(m.group(1), m.group(0)), short)
         role = ("scan" if scan.search(k.name) and not scalar_ok.search(k.name)
                 else "scan, scalar ok" if scan.search(k.name) else "other")
-        cells = [k.name, role]
+        cells = [short, role]
         for a in archs:
             f = k.usage.get(a)
             cells.append("-" if f is None else f"{f.get('REG', 0)}/{f.get('STACK', 0)}/{f.get('LOCAL', 0)}")
         cells += [str(x) if k.has_sass else "-" for x in (k.local_insts, k.ldg, k.ldg128, k.stg128, k.generic_ld_st)]
         rows.append(cells)
     width = [max(len(r[i]) for r in [hdr] + rows) for i in range(len(hdr))]
-    width[0] = min(width[0], 110)
-    fmt = lambda r: "  ".join((c if i else c[:110]).ljust(width[i]) for i, c in enumerate(r)).rstrip()  # noqa: E731
+    fmt = lambda r: "  ".join(c.ljust(width[i]) for i, c in enumerate(r)).rstrip()  # noqa: E731
     return "\n".join([fmt(hdr), "  ".join("-" * w for w in width)] + [fmt(r) for r in rows])
 
 

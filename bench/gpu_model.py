@@ -165,8 +165,9 @@ class Assumptions:
 
 
 # Registers per thread of the forward kernels (bool mask, log-probs of the values' dtype), as
-# `cuobjdump -res-usage` reads them in sm_90 code compiled from the kernels' sources
-# (nvcc 13.0, -O3 -fmad=false; scripts/check_cuda_binary.py prints them for any build).
+# `cuobjdump -res-usage` reads them in sm_90 code compiled from the kernels' sources (branch
+# h-cuda at 3fa6556, nvcc 13.0, -O3 -fmad=false; scripts/check_cuda_binary.py prints them
+# for any build).
 REGS_SM90 = {
     "float32": dict(rows=93, pass1=78, pass3=93),
     "bfloat16": dict(rows=72, pass1=64, pass3=90),

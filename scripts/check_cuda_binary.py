@@ -42,7 +42,8 @@ DEFAULT_SCAN_KERNELS = r"rows_kernel|split_kernel|scan"
 # The generic loader (storage kinds read at run time, any strides) and the split schedule's
 # carry pass (one (a, b) pair per chunk) are excused; neither may spill.
 DEFAULT_SCALAR_OK = r"GenericLoader|chain"
-SASS_ARCH = "sm_90"
+DEFAULT_SASS_ARCH = "sm_90"
+SASS_ARCH = DEFAULT_SASS_ARCH  # the arch main() reads SASS for (--arch)
 # csrc/sae_elem.h's Kind enum, for reading the loaders' template arguments in the table
 KIND_NAMES = {"0": "F32", "1": "F64", "2": "F16", "3": "BF16", "4": "B8", "5": "I16", "6": "I32", "7": "I64"}
 
@@ -274,7 +275,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--scalar-ok", default=DEFAULT_SCALAR_OK, metavar="REGEX",
                     help=f"scan kernels excused from the 128-bit rule (default {DEFAULT_SCALAR_OK!r})")
     ap.add_argument("--json", metavar="PATH", help="also write the per-kernel figures and the verdict here")
+    ap.add_argument("--arch", default=DEFAULT_SASS_ARCH, metavar="sm_XY",
+                    help=f"the SASS to read instructions from (default {DEFAULT_SASS_ARCH}; e.g. sm_80 for an "
+                         "A100-only build)")
     args = ap.parse_args(argv)
+    globals()["SASS_ARCH"] = args.arch  # the messages and the table name it
 
     so = args.binary or default_binary()
     if not os.path.isfile(so):
@@ -304,9 +309,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             msg += " (and no build info next to it says whether it should)"
         print(f"check_cuda_binary: no kernels read from {so}: {msg}", file=sys.stderr)
         return 1
-    sass = run_tool([cuobjdump, "-sass", "-arch", SASS_ARCH, so], env)
+    sass = run_tool([cuobjdump, "-sass", "-arch", args.arch, so], env)
     if sass.returncode != 0 or "Function" not in sass.stdout:
-        print(f"check_cuda_binary: no {SASS_ARCH} SASS read from {so}: {(sass.stderr or sass.stdout).strip()}",
+        why = (sass.stderr or sass.stdout).strip() or "the binary holds no code for that arch"
+        print(f"check_cuda_binary: no {args.arch} SASS read from {so}: {why}",
               file=sys.stderr)
         return 1
 

@@ -81,7 +81,9 @@ fi
 
 # 2. the binary check (needs no GPU)
 if [ $built = 1 ]; then
-  step binary_check 60 "$PY" scripts/check_cuda_binary.py --json "$OUT/binary_check.json"
+  # the SASS of this GPU's arch (sm_90 on Hopper; the build holds no other); sm_90 in a dry run
+  SASS_ARCH=sm_$(echo "${ARCH:-9.0}" | tr -d '.' | sed 's/+PTX//I')
+  step binary_check 60 "$PY" scripts/check_cuda_binary.py --arch "$SASS_ARCH" --json "$OUT/binary_check.json"
 else
   skip binary_check "no importable build"
 fi

@@ -161,25 +161,24 @@ def test_the_build_has_code_for_this_gpu():
     assert any(a // 10 == major and a <= cap for a in sass) or any(a <= cap for a in ptx), listing
 
 
-# Shapes that make the launcher choose each schedule (docs/gpu.md): many short rows (a warp
-# or a small block per row), medium rows (a block of warps walks a row), few long rows (the
-# split schedule: tile maps, carries, replay). The emulator runs at ~10 us per token, so for
-# the large batches it replays a few rows alone: by design a row's bits depend on T only, so
-# a row emulated alone must equal the same row of the GPU's batch.
-SCHEDULE_SHAPES = [
-    # (B, T, rows compared with the emulator), rows chosen to cover make_rollout's mixed mask
-    # kinds (b % 4: full, trailing padding, holes, all masked)
-    (4096, 1024, [0, 1, 2, 3, 2050, 4095]),
-    (256, 8192, [0, 1, 2, 255]),
-    (256, 1000, [0, 1, 2, 3, 254]),
-    (2, 40000, [0, 1]),
-    (8, 131072, [6]),
-    (1, 131072, [0]),
+# Shapes that make the launcher choose each schedule (docs/gpu.md): many short rows (a small
+# block per row), medium rows (a block of 8 warps walks a row), few long rows (the split
+# schedule: chunk totals, carries, replay). The emulator takes ~30-90 us per token, so for
+# the large batches it replays a few rows alone: by design a row's bits depend on T only,
+# so a row emulated alone must equal the same row of the GPU's batch. Rows are chosen to
+# cover make_rollout's mixed mask kinds (b % 4: full, trailing padding, holes, all masked).
+F32, BF16 = torch.float32, torch.bfloat16
+SCHEDULE_CASES = [
+    (4096, 1024, [0, 1, 2, 3, 2050, 4095], F32), (4096, 1024, [1, 2, 4094], BF16),  # W = 2
+    (256, 8192, [0, 1, 2, 255], F32), (256, 8192, [2], BF16),  # W = 8
+    (256, 1000, [0, 1, 2, 3, 254], F32), (256, 1000, [1, 2], BF16),  # W = 4
+    (2, 40000, [0, 1], F32), (2, 40000, [0, 1], BF16),  # split, two rows
+    (1, 131072, [0], F32),  # split, the lone row
 ]
 
 
-@pytest.mark.parametrize("B,T,rows", SCHEDULE_SHAPES, ids=[f"{b}x{t}" for b, t, _ in SCHEDULE_SHAPES])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B,T,rows,dtype", SCHEDULE_CASES,
+                         ids=[f"{b}x{t}-{str(d)[6:]}" for b, t, _, d in SCHEDULE_CASES])
 def test_every_schedule_equals_the_emulated_warp(B, T, rows, dtype):
     r, v, lp, m, bs = make_rollout(B, T, dtype=dtype, seed=B + T, reward_kind="dense")
     hyper = SAE if dtype == torch.float32 or B > 2 else GAE
@@ -191,8 +190,8 @@ def test_every_schedule_equals_the_emulated_warp(B, T, rows, dtype):
         check_against_reference(tuple(t.cpu() for t in got), (r, v, lp, m, *hyper, bs), what=f"{B}x{T}")
 
 
-@pytest.mark.parametrize("B,T,rows", [(4096, 1024, [1, 4094]), (2, 40000, [0, 1]), (1, 131072, [0])],
-                         ids=["4096x1024", "2x40000", "1x131072"])
+@pytest.mark.parametrize("B,T,rows", [(4096, 1024, [1, 4094]), (256, 8192, [2]), (2, 40000, [0, 1])],
+                         ids=["4096x1024", "256x8192", "2x40000"])
 def test_every_schedule_of_the_adjoint_equals_the_emulated_warp(B, T, rows):
     _, _, lp, m, _ = make_rollout(B, T, seed=B + T + 1, reward_kind="dense")
     g = torch.Generator().manual_seed(B + T)

@@ -17,7 +17,7 @@
 #
 # Environment: PYTHON (default python3), MAX_JOBS (default: the CPU count), GPU_CHECK_ARCH
 # (override the arch, e.g. 9.0), GPU_CHECK_BUILD_S / _TEST_S / _BENCH_S (step time limits,
-# default 180 / 120 / 150 s), GPU_CHECK_DRY=1: no GPU needed, for checking this script: skips
+# default 180 / 150 / 150 s), GPU_CHECK_DRY=1: no GPU needed, for checking this script: skips
 # the build (uses the build already importable) and the benchmark, runs the rest.
 set -uo pipefail
 
@@ -90,7 +90,7 @@ fi
 
 # 3. the CUDA tests
 if [ $built = 1 ]; then
-  step tests "${GPU_CHECK_TEST_S:-120}" "$PY" -m pytest -p no:cacheprovider -q -rs \
+  step tests "${GPU_CHECK_TEST_S:-150}" "$PY" -m pytest -p no:cacheprovider -q -rs \
     --junitxml="$OUT/junit-cuda.xml" python_tests/test_cuda.py \
     "python_tests/test_bad_inputs.py::test_tensors_on_two_devices_cuda"
 else

@@ -11,7 +11,6 @@ constant below and what the model leaves out.
 from __future__ import annotations
 
 import argparse
-import math
 import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple

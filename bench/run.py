@@ -5,6 +5,7 @@
 
 Prints a table and writes results/<name>.json and results/<name>.png (time vs tokens,
 log-log). See bench/README.md for what each column means. Not part of the unit tests.
+--device cuda runs bench/cuda_bench.py's sweep (its own timing method; see its docstring).
 """
 from __future__ import annotations
 
@@ -246,6 +247,11 @@ def main():
     args = ap.parse_args()
     if args.report:
         res = json.loads(Path(args.report).read_text())
+        if isinstance(res.get("device"), dict):  # a --device cuda run (bench/cuda_bench.py)
+            import cuda_bench
+            print(cuda_bench.markdown_table(res))
+            cuda_bench.plot(res, Path(args.report).with_suffix(".png"))
+            return
         if args.markdown:
             print(markdown_table(res))
             return
@@ -258,6 +264,12 @@ def main():
     sizes = QUICK_SIZES if args.quick else SIZES
     if args.sizes:
         sizes = [tuple(int(x) for x in s.lower().split("x")) for s in args.sizes.split(",")]
+    if device == "cuda":  # its own method: many calls per event pair, L2 flushed, share of peak
+        import cuda_bench
+        cuda_bench.run(sizes=[tuple(s) for s in sizes] if args.sizes else None, quick=args.quick,
+                       out_dir=Path(args.out), name=args.name, make_inputs=make_inputs, modes=MODES,
+                       max_call_s=MAX_CALL_S)
+        return
     min_run = 0.05 if args.quick else 0.3
 
     methods = {"op": lambda **a: sae_ext.advantages(**a)}

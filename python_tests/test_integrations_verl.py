@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from _integrations_common import (REPO_ROOT, VERL_OPTIONAL_OVERRIDES, VERL_OVERRIDES,
-                                  contract_loop, random_batch,
+                                  random_batch,
                                   subprocess_env, whiten_loop)
 import sae_ext
+from sae_ext import reference
 from sae_ext.integrations import verl as sae_verl
 
 INSTALL_HINT = "install with scripts/install_verl_for_tests.sh"
@@ -46,10 +47,10 @@ needs_hydra = pytest.mark.skipif(hydra is None, reason=str(_hydra_err))
 # ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.99, 0.9)])
-def test_gae_dropin_against_contract_loop(gamma, lam):
+def test_gae_dropin_against_the_reference(gamma, lam):
     r, v, lp, m = random_batch(seed=11, holes=True)
     adv, ret = sae_verl.compute_gae_advantage_return(r, v, m.bool(), gamma, lam)
-    raw, ref_ret = contract_loop(r, v, lp, m, gamma, lam, lam, 0.0)
+    raw, ref_ret = reference.advantages(r, v, lp, m, gamma, lam, lam, 0.0)
     valid = m.bool()
     ref_adv = whiten_loop(raw, m, unbiased=True)
     torch.testing.assert_close(adv.double()[valid], ref_adv[valid], atol=ATOL, rtol=0)
@@ -148,7 +149,7 @@ def test_sae_through_verls_compute_advantage(gamma, lam, inner, p, holes):
     data = _data_proto(r, v, lp, m.long())
     out = ray_trainer.compute_advantage(data, adv_estimator="sae", gamma=gamma, lam=lam,
                                         config=_algo_config(gamma=gamma, lam=lam, **extra))
-    raw, exp_ret = contract_loop(r, v, lp, m, gamma, lam, inner, p)
+    raw, exp_ret = reference.advantages(r, v, lp, m, gamma, lam, inner, p)
     exp_adv = verl_F.masked_whiten(raw, m.double())  # whitened the way verl whitens GAE
     valid = m.bool()
     torch.testing.assert_close(out.batch["advantages"].double()[valid], exp_adv[valid],
@@ -215,7 +216,7 @@ def test_sae_reads_gamma_and_lam_from_the_call_like_gae():
     r, v, lp, m = random_batch(B=4, T=16, seed=34)
     out = ray_trainer.compute_advantage(_data_proto(r, v, lp, m), "sae", gamma=0.9, lam=0.3,
                                         config=None)
-    raw, ret = contract_loop(r, v, lp, m, 0.9, 0.3, 1.0, 0.2)
+    raw, ret = reference.advantages(r, v, lp, m, 0.9, 0.3, 1.0, 0.2)
     valid = m.bool()
     torch.testing.assert_close(out.batch["returns"].double()[valid], ret[valid], atol=ATOL, rtol=0)
 
@@ -250,7 +251,7 @@ def test_sae_through_the_v1_trainers_entry_point():
     out = v1_utils.compute_advantage_for_multi_trajectories(
         data, batch_keys=[f"uid{i}_0_0" for i in range(8)], adv_estimator="sae",
         gamma=1.0, lam=0.5, num_repeat=1, config=_algo_config(lam=0.5))
-    raw, exp_ret = contract_loop(r, v, lp, m, 1.0, 0.5, 1.0, 0.2)
+    raw, exp_ret = reference.advantages(r, v, lp, m, 1.0, 0.5, 1.0, 0.2)
     valid = m.bool()
     exp_adv = whiten_loop(raw, m, unbiased=True)
     torch.testing.assert_close(out.batch["advantages"].double()[valid], exp_adv[valid],
@@ -284,7 +285,7 @@ def test_documented_config_composes_and_turns_the_critic_on():
     r, v, lp, m = random_batch(B=4, T=24, seed=51)
     out = ray_trainer.compute_advantage(_data_proto(r, v, lp, m), adv_estimator=algo.adv_estimator,
                                         gamma=algo.gamma, lam=algo.lam, config=algo)
-    raw, ret = contract_loop(r, v, lp, m, algo.gamma, algo.lam, 1.0, 0.3)
+    raw, ret = reference.advantages(r, v, lp, m, algo.gamma, algo.lam, 1.0, 0.3)
     valid = m.bool()
     torch.testing.assert_close(out.batch["advantages"].double()[valid],
                                whiten_loop(raw, m, unbiased=True)[valid], atol=ATOL, rtol=0)

@@ -21,6 +21,7 @@ from . import _registrations  # noqa: E402,F401  (fake kernels and autograd)
 from ._ops import (  # noqa: E402
     advantages,
     advantages_from_boundaries,
+    check_inputs,
     gae,
     masked_whiten,
     segment_boundaries,
@@ -31,6 +32,7 @@ __version__ = _BUILD["version"]
 __all__ = [
     "advantages",
     "advantages_from_boundaries",
+    "check_inputs",
     "gae",
     "masked_whiten",
     "segment_boundaries",

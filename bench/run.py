@@ -502,6 +502,15 @@ def markdown_table(res):
 
 
 def plot(res, path):
+    import matplotlib.pyplot as plt
+
+    fig = figure(res)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def figure(res):
+    """The plot of a run's records (a matplotlib Figure)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -547,8 +556,7 @@ def plot(res, path):
     fig.suptitle(f"torch.ops.sae.advantages vs baselines - {m.get('cpu')}, {m['threads']} threads, "
                  f"torch {m['torch']} ({m['device']})", fontsize=10)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
 
 
 if __name__ == "__main__":

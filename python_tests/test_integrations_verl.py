@@ -1,8 +1,10 @@
 """sae_ext.integrations.verl against the real verl package (written against verl 0.9.1).
 
-Install what these tests need with scripts/install_verl_for_tests.sh. Without verl they skip,
-each saying which verl module could not be imported; the tests that need no verl still run.
+`bash scripts/test_verl.sh` installs verl into a side environment and runs these tests (as
+the README and CI do). Without verl they skip with one message saying so; the tests that need
+no verl still run.
 """
+import functools
 import os
 import subprocess
 import sys
@@ -18,7 +20,8 @@ import sae_ext
 from sae_ext import reference
 from sae_ext.integrations import verl as sae_verl
 
-INSTALL_HINT = "install with scripts/install_verl_for_tests.sh"
+INSTALL_HINT = ("run `bash scripts/test_verl.sh`, which installs verl into a side environment "
+                "and runs these tests")
 ATOL = 2e-5
 
 
@@ -35,10 +38,30 @@ ray_trainer, _rt_err = _try_import("verl.trainer.ppo.ray_trainer") if core_algos
 v1_utils, _v1_err = _try_import("verl.trainer.ppo.v1.utils") if ray_trainer else (None, _rt_err)
 hydra, _hydra_err = _try_import("hydra") if core_algos else (None, _core_err)
 
-needs_verl = pytest.mark.skipif(core_algos is None, reason=str(_core_err))
-needs_ray_trainer = pytest.mark.skipif(ray_trainer is None, reason=str(_rt_err))
-needs_v1 = pytest.mark.skipif(v1_utils is None, reason=str(_v1_err))
-needs_hydra = pytest.mark.skipif(hydra is None, reason=str(_hydra_err))
+
+
+# Skipped from inside the test rather than by skipif marks: pytest reports a mark's skip at
+# each test's line but a raised skip at the line that raised it, so every test skipped for
+# the same reason folds into one line of the summary.
+def _skip_if(err):
+    if err is not None:
+        pytest.skip(err)
+
+
+def _needs(err):
+    def decorate(test):
+        @functools.wraps(test)
+        def run(*args, **kwargs):
+            _skip_if(err)
+            return test(*args, **kwargs)
+        return run
+    return decorate
+
+
+needs_verl = _needs(_core_err if core_algos is None else None)
+needs_ray_trainer = _needs(_rt_err if ray_trainer is None else None)
+needs_v1 = _needs(_v1_err if v1_utils is None else None)
+needs_hydra = _needs(_hydra_err if hydra is None else None)
 
 
 

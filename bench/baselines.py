@@ -1,80 +1,38 @@
-"""Reference implementations the benchmark compares torch.ops.sae against.
+"""What the benchmark compares torch.ops.sae against.
 
 Each takes the same inputs (rewards, values, logprobs, mask as [B, T] tensors; gamma, lam,
-lam_inner, threshold) and returns (advantages, returns) in float32. They are written here
-from the semantics in docs/semantics.md, in the style of the frameworks they are
-named after; none is copied from those frameworks. With a mask that is a valid prefix per
-row (trailing padding only, as the benchmark uses), all of them compute the contract's
-values; only the `verl_style` loop and the numba loops also follow the contract across
-holes in the mask (observation tokens).
+lam_inner, threshold) and returns (advantages, returns) in float32. The verl- and
+OpenRLHF-style loops are sae_ext.testing.framework_loops' (the ones the tests hold the ops
+and integrations to); TorchRL's function and the numba loops are here. None is copied from
+the frameworks they are named after. With a mask that is a valid prefix per row (trailing
+padding only, as the benchmark uses), all of them compute the contract's values; only the
+`verl_style` loop and the numba loops also follow the contract across holes in the mask
+(observation tokens).
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-
-def boundaries(logprobs, mask, threshold):
-    """Token t starts a segment: valid and logprob < log(threshold)."""
-    log_p = math.log(threshold) if threshold > 0 else -math.inf
-    return (mask != 0) & (logprobs.float() < log_p)
+from sae_ext.reference import log_threshold
+from sae_ext.testing import framework_loops as loops
+from sae_ext.testing.framework_loops import boundaries, next_token_lambda
 
 
-def next_token_lambda(bnd, lam, lam_inner):
-    """lambda_t applied to A_{t+1} at step t: lam where token t+1 starts a segment."""
-    nxt = torch.zeros_like(bnd)
-    nxt[:, :-1] = bnd[:, 1:]
-    lam_t = torch.full(bnd.shape, lam_inner, dtype=torch.float32, device=bnd.device)
-    return lam_t.masked_fill_(nxt, lam)
+def _starts(logprobs, mask, lam, lam_inner, threshold):
+    """SAE's segment starts (float32 comparison), or None in GAE mode (lam == lam_inner)."""
+    return boundaries(logprobs, mask, threshold) if lam != lam_inner else None
 
 
 def verl_style(rewards, values, logprobs, mask, gamma, lam, lam_inner, threshold):
-    """Per-token loop of batched tensor ops over t = T-1 .. 0, carrying the next valid
-    token's value, advantage and boundary flag through masked tokens (the contract's
-    recursion, which is how verl treats observation tokens)."""
-    r, v = rewards.float(), values.float()
-    valid = mask != 0
-    B, T = r.shape
-    sae = lam != lam_inner
-    bnd = boundaries(logprobs, mask, threshold) if sae else None
-    adv = torch.empty(B, T, dtype=torch.float32, device=r.device)
-    next_value = torch.zeros(B, dtype=torch.float32, device=r.device)
-    next_adv = torch.zeros_like(next_value)
-    next_bnd = torch.zeros(B, dtype=torch.bool, device=r.device)
-    for t in reversed(range(T)):
-        ok = valid[:, t]
-        delta = r[:, t] + gamma * next_value - v[:, t]
-        lam_t = torch.where(next_bnd, lam, lam_inner) if sae else lam
-        a = delta + gamma * lam_t * next_adv
-        adv[:, t] = torch.where(ok, a, 0.0)
-        next_value = torch.where(ok, v[:, t], next_value)
-        next_adv = torch.where(ok, a, next_adv)
-        if sae:
-            next_bnd = torch.where(ok, bnd[:, t], next_bnd)
-    returns = torch.where(valid, adv + v, 0.0)
-    return adv, returns
+    """sae_ext.testing.framework_loops.verl_loop in float32."""
+    return loops.verl_loop(rewards, values, mask, gamma, lam, lam_inner=lam_inner,
+                           boundaries=_starts(logprobs, mask, lam, lam_inner, threshold))
 
 
 def openrlhf_style(rewards, values, logprobs, mask, gamma, lam, lam_inner, threshold):
-    """The reversed loop with `lastgaelam`: rewards and values are multiplied by the mask
-    first, each step appends to a list that is stacked at the end. For SAE the lambda of
-    step t comes from a per-token tensor (lam where token t+1 starts a segment)."""
-    m = (mask != 0).float()
-    r, v = rewards.float() * m, values.float() * m
-    B, T = r.shape
-    sae = lam != lam_inner
-    lam_t = next_token_lambda(boundaries(logprobs, mask, threshold), lam, lam_inner) if sae else None
-    lastgaelam = 0.0
-    reversed_adv = []
-    for t in reversed(range(T)):
-        nextvalues = v[:, t + 1] if t < T - 1 else 0.0
-        delta = r[:, t] + gamma * nextvalues - v[:, t]
-        lastgaelam = delta + gamma * (lam_t[:, t] if sae else lam) * lastgaelam
-        reversed_adv.append(lastgaelam)
-    adv = torch.stack(reversed_adv[::-1], dim=1)
-    returns = adv + v
-    return adv, returns
+    """sae_ext.testing.framework_loops.openrlhf_loop in float32."""
+    return loops.openrlhf_loop(rewards, values, mask, gamma, lam, lam_inner=lam_inner,
+                               boundaries=_starts(logprobs, mask, lam, lam_inner, threshold))
 
 
 def torchrl_gae():
@@ -147,7 +105,7 @@ def numba_loops():
             B, T = r.shape
             adv = np.empty((B, T), np.float32)
             ret = np.empty((B, T), np.float32)
-            log_p = np.float32(math.log(threshold)) if threshold > 0 else np.float32(-np.inf)
+            log_p = np.float32(log_threshold(threshold))
             kernel(r, v, lp, m, np.float32(gamma), np.float32(lam), np.float32(lam_inner),
                    log_p, lam != lam_inner, adv, ret)
             return torch.from_numpy(adv), torch.from_numpy(ret)

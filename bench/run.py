@@ -514,40 +514,61 @@ def markdown_table(res):
 
 
 def plot(res, path):
+    import matplotlib.pyplot as plt
+
+    fig = figure(res)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def figure(res):
+    """The plot of a run's records (a matplotlib Figure)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    names = ["op", "floor_copy"] + BASELINES
+    dtypes = [("float32", "-"), ("bfloat16", "--")]
+    seen, single_row = set(), False
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.6), sharey=True)
     for ax, mode in zip(axes, ["sae", "gae"]):
-        for dname, style in [("float32", "-"), ("bfloat16", "--")]:
+        for dname, style in dtypes:
             recs = sorted((r for r in res["records"] if r["mode"] == mode and r["dtype"] == dname),
                           key=lambda r: r["tokens"])
-            names = ["op", "floor_copy"] + BASELINES
             for i, name in enumerate(names):
                 # batched sizes as lines; single-row sizes (latency-bound) as lone crosses
                 pts = [(r["tokens"], r["times"][name]) for r in recs if name in r["times"] and r["B"] > 1]
                 if pts:
                     x, y = zip(*pts)
-                    ax.plot(x, [v * 1e3 for v in y], style, marker="o", ms=3, color=f"C{i}",
-                            label=f"{name} ({dname})")
+                    ax.plot(x, [v * 1e3 for v in y], style, marker="o", ms=3, color=f"C{i}")
+                    seen.add(name)
                 for r in recs:
                     if r["B"] == 1 and name in r["times"]:
                         ax.plot([r["tokens"]], [r["times"][name] * 1e3], marker="x", ms=6, color=f"C{i}")
+                        seen.add(name)
+                        single_row = True
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("tokens (B x T)")
         ax.set_title(f"{mode.upper()} mode" + (" (lam=0.5, lam_inner=1, p=0.2)" if mode == "sae" else " (lam=0.95)"))
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("median time per call (ms)")
-    axes[0].text(0.02, 0.02, "x: a single row (B = 1), latency-bound", transform=axes[0].transAxes, fontsize=7)
-    axes[1].legend(fontsize=7, ncol=2, loc="upper left")
+    # One legend below both panels, so that it covers no curve: a colour per method, a line
+    # style per dtype, and the single-row marker only when the run has a single-row size.
+    handles = [Line2D([], [], color=f"C{i}", marker="o", ms=3, label=name)
+               for i, name in enumerate(names) if name in seen]
+    handles += [Line2D([], [], color="0.3", ls=style, label=dname) for dname, style in dtypes]
+    if single_row:
+        handles.append(Line2D([], [], color="0.3", marker="x", ls="none",
+                              label="a single row (B = 1), latency-bound"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8,
+               frameon=False)
     m = res["machine"]
     fig.suptitle(f"torch.ops.sae.advantages vs baselines - {m.get('cpu')}, {m['threads']} threads, "
                  f"torch {m['torch']} ({m['device']})", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return fig
 
 
 if __name__ == "__main__":

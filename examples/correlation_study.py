@@ -55,6 +55,7 @@ import numpy as np
 import torch
 
 import sae_ext  # noqa: F401  (registers torch.ops.sae.*)
+from sae_ext.reference import log_threshold
 
 EOS = 0
 
@@ -291,7 +292,7 @@ def run_study(env: Env, seeds: int, batch: int, specs=None, meths=None) -> dict:
         stats["length"].append(float(roll["lengths"].mean()))
         a2 = roll["astar"] ** 2
         for p in SAE_PS:
-            bnd = m & (roll["logprobs"] < math.log(p))
+            bnd = m & (roll["logprobs"] < log_threshold(p))
             stats["boundary_frac"][p].append(float(bnd.sum() / m.sum()))
             stats["astar_var_at_boundaries"][p].append(float(a2[bnd].sum() / a2[m].sum()))
         for c in specs:

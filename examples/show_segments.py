@@ -2,6 +2,7 @@
 
     python examples/show_segments.py ROLLOUT.jsonl [--html out.html] [--p 0.2 --lam 0.5]
                                      [--gae-lam 0.95] [--gamma 1] [--rows 0,2] [--table]
+                                     [--no-color | --color]
 
 ROLLOUT.jsonl holds one response per line, as JSON with
   tokens    list of strings (the response's tokens, as text)
@@ -12,11 +13,14 @@ ROLLOUT.jsonl holds one response per line, as JSON with
   prompt    optional string, shown as a heading
 examples/data/sample_rollout.jsonl (written by examples/ppo_toy.py) is such a file.
 
-In the terminal each token's background shows its advantage (green positive, red negative;
-the scale is the largest |advantage| of the response, SAE and GAE alike), "▍" marks a token
-that starts a new segment (probability below p), and grey tokens are masked. --table adds
-one line per token with the numbers. --html writes a standalone page with the same, a
-chart per response, and the numbers in each token's tooltip.
+In a colour terminal each token's background shows its advantage (green positive, red
+negative; the scale is the largest |advantage| of the response, SAE and GAE alike), "▍"
+marks a token that starts a new segment (probability below p), and grey tokens are masked.
+Without colour (output to a pipe or a file, NO_COLOR set, or --no-color) each token is
+followed by its advantage, `token(+0.123)`, a segment start is marked "|" and a masked token
+is shown as `[token]`; --color forces colour (e.g. into `less -R`). --table adds one line per
+token with the numbers. --html writes a standalone page with the same, a chart per response,
+and the numbers in each token's tooltip.
 """
 from __future__ import annotations
 
@@ -104,13 +108,26 @@ def segments(c):
 
 
 # ----------------------------------------------------------------------------- terminal
+def use_color(args, out):
+    """--no-color, then --color, then NO_COLOR (set and not empty: https://no-color.org),
+    then whether `out` is a terminal."""
+    if args.no_color:
+        return False
+    if args.color:
+        return True
+    if os.environ.get("NO_COLOR"):
+        return False
+    return bool(getattr(out, "isatty", lambda: False)())
+
+
 def terminal(rows, comp, args, out=None):
     out = out or sys.stdout
-    color = not args.no_color and "NO_COLOR" not in os.environ
+    color = use_color(args, out)
 
     def paint(text, a, scale, ok):
-        if not color:
-            return text
+        if not color:  # the number the colour would have shown, to 3 significant digits of the scale
+            dec = max(3, 2 - math.floor(math.log10(scale))) if scale > 0 else 3
+            return f"{text}({a:+.{dec}f})" if ok else f"[{text}]"
         if not ok:
             return f"\x1b[90m{text}\x1b[0m"
         r, g, b = _rgb(a, scale)
@@ -127,7 +144,8 @@ def terminal(rows, comp, args, out=None):
         scale = _scale(c)
         for name, key in ((f"SAE (λ={args.lam:g} at starts, 1 inside)", "sae"),
                           (f"GAE (λ={args.gae_lam:g})", "gae")):
-            print(f"--- {name}; colour scale ±{scale:.3g}", file=out)
+            print(f"--- {name}; " + (f"colour scale ±{scale:.3g}" if color else
+                                         "each token's advantage in brackets, [masked]"), file=out)
             parts = []
             for t, tok in enumerate(r["tokens"]):
                 s = (mark if c["boundary"][t] and c["mask"][t] else "") + paint(
@@ -250,12 +268,19 @@ def main(argv=None):
     ap.add_argument("--gamma", type=float, default=1.0)
     ap.add_argument("--rows", help="comma-separated response indices to show (default: all)")
     ap.add_argument("--table", action="store_true", help="one line per token with the numbers")
-    ap.add_argument("--no-color", action="store_true", help="plain text (also when NO_COLOR is set)")
+    ap.add_argument("--no-color", action="store_true",
+                    help="plain text with each token's advantage (the default when the output is "
+                         "not a terminal or NO_COLOR is set)")
+    ap.add_argument("--color", action="store_true", help="colour even into a pipe or a file")
     args = ap.parse_args(argv)
     rows = load(args.rollout)
     args.rows = parse_rows(args.rows, len(rows))
     comp = compute(rows, p=args.p, lam=args.lam, gae_lam=args.gae_lam, gamma=args.gamma)
-    terminal(rows, comp, args)
+    try:
+        terminal(rows, comp, args)
+    except BrokenPipeError:  # `| head`: stop quietly, as other command-line tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return
     if args.html:
         with open(args.html, "w", encoding="utf-8") as f:
             f.write(to_html(rows, comp, args, args.rollout))

@@ -1,8 +1,8 @@
-"""Shared helpers for python_tests/test_integrations_*.py: random PPO batches and plain
-float64 loops written from the contract's (or a framework's) semantics."""
+"""Shared helpers for python_tests/test_integrations_*.py: random PPO batches, a float64
+whitening loop, verl's command-line overrides. The oracle is sae_ext.reference; the
+framework-style loops are sae_ext.testing.framework_loops."""
 from __future__ import annotations
 
-import math
 import os
 import sys
 
@@ -44,30 +44,6 @@ def random_batch(B=6, T=40, *, seed=0, holes=False, p_low=0.15, empty_row=True):
                         0.21 + 0.79 * torch.rand(B, T, generator=g))
     logprobs = probs.log()
     return rewards, values, logprobs, mask
-
-
-def contract_loop(rewards, values, logprobs, mask, gamma, lam, lam_inner, threshold,
-                  boundaries=None):
-    """The contract's recursion, one row and one token at a time, in float64: masked tokens
-    are skipped (state carried), and come out 0."""
-    r, v, m = rewards.double(), values.double(), mask != 0
-    if boundaries is None:
-        log_p = math.log(threshold) if threshold > 0 else -math.inf
-        boundaries = m & (logprobs.double() < log_p)
-    B, T = r.shape
-    adv = torch.zeros(B, T, dtype=torch.float64)
-    ret = torch.zeros(B, T, dtype=torch.float64)
-    for b in range(B):
-        next_value, next_adv, next_is_start = 0.0, 0.0, False
-        for t in reversed(range(T)):
-            if not m[b, t]:
-                continue
-            delta = r[b, t].item() + gamma * next_value - v[b, t].item()
-            a = delta + gamma * (lam if next_is_start else lam_inner) * next_adv
-            adv[b, t] = a
-            ret[b, t] = a + v[b, t].item()
-            next_value, next_adv, next_is_start = v[b, t].item(), a, bool(boundaries[b, t])
-    return adv, ret
 
 
 def whiten_loop(x, mask, *, unbiased, eps=1e-8):

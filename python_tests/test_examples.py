@@ -114,7 +114,7 @@ def test_sampled_ground_truth_and_what_the_op_makes_of_it():
     assert cs.pearson(gae0, roll["astar"], m) > 0.999999
     p = 0.2
     sae0 = cs.estimate(roll, exact, 0.0, 1.0, p).double().numpy()
-    starts = m & (roll["logprobs"] < math.log(p))
+    starts = m & (roll["logprobs"] < sae_ext.reference.log_threshold(p))
     want = np.zeros_like(sae0)
     for b in range(m.shape[0]):
         acc = 0.0
@@ -158,7 +158,7 @@ def test_viewer_renders_the_sample(tmp_path):
     out_html = tmp_path / "seg.html"
     buf = io.StringIO()
     with redirect_stdout(buf):
-        show_segments.main([SAMPLE, "--html", str(out_html), "--rows", "0,1"])
+        show_segments.main([SAMPLE, "--html", str(out_html), "--rows", "0,1", "--color"])
     text = buf.getvalue()
     assert "\x1b[48;2;" in text and "=== response 0" in text and "=== response 1" in text
     page = out_html.read_text(encoding="utf-8")
@@ -169,6 +169,51 @@ def test_viewer_renders_the_sample(tmp_path):
     with redirect_stdout(buf):
         show_segments.main([SAMPLE, "--no-color", "--rows", "0", "--table"])
     assert "\x1b[" not in buf.getvalue() and "A_SAE" in buf.getvalue()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def _render(argv, out, monkeypatch, no_color=None):
+    if no_color is None:
+        monkeypatch.delenv("NO_COLOR", raising=False)
+    else:
+        monkeypatch.setenv("NO_COLOR", no_color)
+    monkeypatch.setattr(sys, "stdout", out)
+    show_segments.main(argv)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("out, argv, no_color, coloured", [
+    (_Terminal, [], None, True),
+    (_Terminal, ["--no-color"], None, False),
+    (_Terminal, [], "1", False),
+    (_Terminal, [], "", True),  # no-color.org: an empty NO_COLOR does not count
+    (io.StringIO, [], None, False),  # a pipe or a file
+    (io.StringIO, ["--color"], None, True),
+    (io.StringIO, ["--color"], "1", True),  # an explicit flag wins
+], ids=["tty", "tty-no-color-flag", "tty-NO_COLOR", "tty-empty-NO_COLOR", "pipe", "pipe-color",
+        "pipe-color-NO_COLOR"])
+def test_viewer_colours_only_a_terminal(out, argv, no_color, coloured, monkeypatch):
+    text = _render([SAMPLE, "--rows", "0", *argv], out(), monkeypatch, no_color)
+    assert ("\x1b[" in text) == coloured
+
+
+def test_viewer_plain_output_keeps_every_advantage(tmp_path, monkeypatch):
+    """Without colour each token carries its SAE (and GAE) advantage; masked ones are bracketed."""
+    probs = [0.9, 0.1, 0.95, 0.99, 0.05, 0.8, 1.0, 1.0]
+    path = tmp_path / "we.jsonl"
+    path.write_text(json.dumps(dict(tokens=list("abcdefgh"), logprobs=[math.log(p) for p in probs],
+                                    values=[0.5, 0.4, 0.6, 0.6, 0.3, 0.7, 0, 0], reward=1.0,
+                                    mask=[1] * 6 + [0, 0])) + "\n")
+    text = _render([str(path), "--gae-lam", "0.5"], io.StringIO(), monkeypatch)
+    lines = text.splitlines()
+    sae = lines[lines.index(next(x for x in lines if x.startswith("--- SAE"))) + 1]
+    gae = lines[lines.index(next(x for x in lines if x.startswith("--- GAE"))) + 1]
+    assert sae == "a(+0.025) |b(+0.250) c(+0.050) d(+0.050) |e(+0.700) f(+0.300) [g] [h]"
+    assert gae == "a(-0.003) |b(+0.194) c(-0.013) d(-0.025) |e(+0.550) f(+0.300) [g] [h]"
 
 
 def test_viewer_numbers_are_the_worked_example(tmp_path):

@@ -6,38 +6,21 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Optional
 
 import pytest
 import torch
 
 import sae_ext
+from sae_ext.testing import framework_loops as loops
 
 ops = torch.ops.sae
 
 
-def verl_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
-             lam: float, bootstrap: Optional[torch.Tensor] = None):
-    """GAE as verl computes it for multi-turn rollouts: a reversed loop over t with batched
-    tensor ops, where a masked token passes the carried next value and advantage through
-    unchanged. Written from the semantics; computed in float64. Its values on masked positions
-    are whatever is carried (verl whitens with the mask afterwards): compare on valid tokens."""
-    r, v = rewards.double(), values.double()
-    m = (mask != 0).double()
-    B, T = r.shape
-    nextvalues = bootstrap.double() if bootstrap is not None else torch.zeros(B, dtype=r.dtype)
-    lastgaelam = torch.zeros(B, dtype=r.dtype)
-    advantages_reversed = []
-    for t in reversed(range(T)):
-        delta = r[:, t] + gamma * nextvalues - v[:, t]
-        lastgaelam_ = delta + gamma * lam * lastgaelam
-        nextvalues = v[:, t] * m[:, t] + (1 - m[:, t]) * nextvalues
-        lastgaelam = lastgaelam_ * m[:, t] + (1 - m[:, t]) * lastgaelam
-        advantages_reversed.append(lastgaelam)
-    advantages = (torch.stack(advantages_reversed[::-1], dim=1) if T
-                  else torch.zeros(B, 0, dtype=r.dtype))
-    returns = advantages + v
-    return advantages, returns
+def verl_gae(rewards, values, mask, gamma, lam, bootstrap=None):
+    """verl's multi-turn GAE loop (masked tokens pass the carried value and advantage
+    through) in float64; compare on valid tokens."""
+    return loops.verl_loop(rewards, values, mask, gamma, lam, bootstrap=bootstrap,
+                           dtype=torch.float64)
 
 
 def _mask(kind: str, B: int, T: int, g: torch.Generator) -> torch.Tensor:

@@ -1,42 +1,16 @@
-"""sae_ext.integrations.openrlhf against loops written from OpenRLHF's semantics (values and
-rewards multiplied by the action mask, then GAE over every position) and from the contract.
-OpenRLHF itself is not needed."""
-import math
-
+"""sae_ext.integrations.openrlhf against OpenRLHF's semantics (framework_loops.openrlhf_loop:
+values and rewards multiplied by the action mask, then GAE over every position) and against
+the contract (sae_ext.reference). OpenRLHF itself is not needed."""
 import pytest
 import torch
 
-from _integrations_common import contract_loop, random_batch
+from _integrations_common import random_batch
+from sae_ext import reference
+from sae_ext.testing import framework_loops as loops
 from sae_ext.integrations import openrlhf as orl
 
 ATOL = 2e-5
-
-
-
-def openrlhf_loop(values, rewards, action_mask, gamma, lambd, *, starts=None, lambd_inner=None):
-    """OpenRLHF's GAE semantics in float64: zero values and rewards where action_mask is 0,
-    then run the recursion over every position, masked ones included, with V = 0 after the
-    last position; returns = advantages + masked values. With ``starts`` (bool [B, A]) the
-    lambda of a step is ``lambd`` when the next position starts a segment, ``lambd_inner``
-    otherwise (SAE on OpenRLHF's chain)."""
-    m = torch.ones_like(values, dtype=torch.float64) if action_mask is None else action_mask.double()
-    v, r = values.double() * m, rewards.double() * m
-    B, A = v.shape
-    adv = torch.zeros(B, A, dtype=torch.float64)
-    running = torch.zeros(B, dtype=torch.float64)
-    for t in range(A - 1, -1, -1):
-        v_next = v[:, t + 1] if t + 1 < A else torch.zeros(B, dtype=torch.float64)
-        if starts is None or t + 1 >= A:
-            lam_t = torch.full((B,), lambd, dtype=torch.float64)
-        else:
-            lam_t = torch.where(starts[:, t + 1], lambd, lambd_inner).double()
-        running = r[:, t] + gamma * v_next - v[:, t] + gamma * lam_t * running
-        adv[:, t] = running
-    return adv, adv + v
-
-
-def low_prob_starts(logprobs, mask, threshold=0.2):
-    return (mask != 0) & (logprobs.double() < math.log(threshold))
+F64 = torch.float64
 
 
 @pytest.mark.parametrize("gamma,lambd", [(1.0, 0.95), (0.99, 0.9), (1.0, 1.0)])
@@ -44,7 +18,7 @@ def low_prob_starts(logprobs, mask, threshold=0.2):
 def test_gae_equals_openrlhf_without_holes(gamma, lambd, holes):
     r, v, _, m = random_batch(seed=1)
     adv, ret = orl.get_advantages_and_returns(v, r, m.bool(), gamma, lambd, holes=holes)
-    ref_adv, ref_ret = openrlhf_loop(v, r, m, gamma, lambd)
+    ref_adv, ref_ret = loops.openrlhf_loop(r, v, m, gamma, lambd, dtype=F64)
     # Trailing padding only: equal at every position, padding included.
     torch.testing.assert_close(adv.double(), ref_adv, atol=ATOL, rtol=0)
     torch.testing.assert_close(ret.double(), ref_ret, atol=ATOL, rtol=0)
@@ -56,7 +30,7 @@ def test_gae_holes_openrlhf_mode_reproduces_openrlhf_everywhere(gamma, lambd):
     r, v, _, m = random_batch(seed=2, holes=True)
     assert ((m[:, :-1] == 0) & (m[:, 1:] != 0)).any(), "test data must have holes"
     adv, ret = orl.get_advantages_and_returns(v, r, m.bool(), gamma, lambd, holes="openrlhf")
-    ref_adv, ref_ret = openrlhf_loop(v, r, m, gamma, lambd)
+    ref_adv, ref_ret = loops.openrlhf_loop(r, v, m, gamma, lambd, dtype=F64)
     torch.testing.assert_close(adv.double(), ref_adv, atol=ATOL, rtol=0)
     torch.testing.assert_close(ret.double(), ref_ret, atol=ATOL, rtol=0)
 
@@ -65,11 +39,11 @@ def test_gae_holes_skip_mode_follows_the_contract():
     gamma, lambd = 0.99, 0.9
     r, v, lp, m = random_batch(seed=3, holes=True)
     adv, ret = orl.get_advantages_and_returns(v, r, m.bool(), gamma, lambd)
-    ref_adv, ref_ret = contract_loop(r, v, lp, m, gamma, lambd, lambd, 0.0)
+    ref_adv, ref_ret = reference.advantages(r, v, lp, m, gamma, lambd, lambd, 0.0)
     torch.testing.assert_close(adv.double(), ref_adv, atol=ATOL, rtol=0)
     torch.testing.assert_close(ret.double(), ref_ret, atol=ATOL, rtol=0)
     # ... which is not OpenRLHF's chain on rows with holes (the documented difference).
-    orl_adv, _ = openrlhf_loop(v, r, m, gamma, lambd)
+    orl_adv, _ = loops.openrlhf_loop(r, v, m, gamma, lambd, dtype=F64)
     valid = m.bool()
     assert (adv.double() - orl_adv)[valid].abs().max() > 1e-3
 
@@ -78,7 +52,7 @@ def test_gae_holes_skip_equals_openrlhf_on_valid_tokens_when_undiscounted():
     # With gamma = lambda = 1 a zero-valued step in the chain changes nothing downstream.
     r, v, _, m = random_batch(seed=4, holes=True)
     adv, ret = orl.get_advantages_and_returns(v, r, m.bool(), 1.0, 1.0)
-    ref_adv, ref_ret = openrlhf_loop(v, r, m, 1.0, 1.0)
+    ref_adv, ref_ret = loops.openrlhf_loop(r, v, m, 1.0, 1.0, dtype=F64)
     valid = m.bool()
     torch.testing.assert_close(adv.double()[valid], ref_adv[valid], atol=ATOL, rtol=0)
     torch.testing.assert_close(ret.double()[valid], ref_ret[valid], atol=ATOL, rtol=0)
@@ -88,7 +62,7 @@ def test_gae_holes_skip_equals_openrlhf_on_valid_tokens_when_undiscounted():
 def test_gae_mask_none_and_mask_dtypes():
     r, v, _, m = random_batch(seed=5, empty_row=False)
     full, full_ret = orl.get_advantages_and_returns(v, r, None, 1.0, 0.95)
-    ref_adv, ref_ret = openrlhf_loop(v, r, None, 1.0, 0.95)
+    ref_adv, ref_ret = loops.openrlhf_loop(r, v, None, 1.0, 0.95, dtype=F64)
     torch.testing.assert_close(full.double(), ref_adv, atol=ATOL, rtol=0)
     torch.testing.assert_close(full_ret.double(), ref_ret, atol=ATOL, rtol=0)
     outs = [orl.get_advantages_and_returns(v, r, mm, 1.0, 0.95)
@@ -101,7 +75,7 @@ def test_gae_bfloat16_values():
     r, v, _, m = random_batch(seed=6)
     v16 = v.bfloat16()
     adv, ret = orl.get_advantages_and_returns(v16, r, m.bool(), 1.0, 0.95)
-    ref_adv, ref_ret = openrlhf_loop(v16.float(), r, m, 1.0, 0.95)
+    ref_adv, ref_ret = loops.openrlhf_loop(r, v16.float(), m, 1.0, 0.95, dtype=F64)
     assert adv.dtype == torch.float32
     torch.testing.assert_close(adv.double(), ref_adv, atol=ATOL, rtol=0)
     torch.testing.assert_close(ret.double(), ref_ret, atol=ATOL, rtol=0)
@@ -118,12 +92,12 @@ def test_sae_without_holes(gamma, lambd, inner):
     r, v, lp, m = random_batch(seed=7)
     adv, ret = orl.get_sae_advantages_and_returns(v, r, m.bool(), lp, gamma, lambd,
                                                   lambd_inner=inner)
-    ref_adv, ref_ret = contract_loop(r, v, lp, m, gamma, lambd, inner, 0.2)
+    ref_adv, ref_ret = reference.advantages(r, v, lp, m, gamma, lambd, inner, 0.2)
     torch.testing.assert_close(adv.double(), ref_adv, atol=ATOL, rtol=0)
     torch.testing.assert_close(ret.double(), ref_ret, atol=ATOL, rtol=0)
     # Same numbers on OpenRLHF's chain: trailing padding changes nothing.
-    orl_adv, orl_ret = openrlhf_loop(v, r, m, gamma, lambd, starts=low_prob_starts(lp, m),
-                                     lambd_inner=inner)
+    orl_adv, orl_ret = loops.openrlhf_loop(r, v, m, gamma, lambd, lam_inner=inner, dtype=F64,
+                                           boundaries=reference.segment_boundaries(lp, m, 0.2))
     torch.testing.assert_close(adv.double(), orl_adv, atol=ATOL, rtol=0)
     torch.testing.assert_close(ret.double(), orl_ret, atol=ATOL, rtol=0)
 
@@ -135,13 +109,13 @@ def test_sae_with_holes_both_modes():
     lp = torch.where(m.bool(), lp, torch.full_like(lp, -20.0))
     adv, ret = orl.get_sae_advantages_and_returns(v, r, m.bool(), lp, gamma, lambd,
                                                   threshold=p, lambd_inner=inner)
-    ref_adv, ref_ret = contract_loop(r, v, lp, m, gamma, lambd, inner, p)
+    ref_adv, ref_ret = reference.advantages(r, v, lp, m, gamma, lambd, inner, p)
     torch.testing.assert_close(adv.double(), ref_adv, atol=ATOL, rtol=0)
     torch.testing.assert_close(ret.double(), ref_ret, atol=ATOL, rtol=0)
     adv, ret = orl.get_sae_advantages_and_returns(v, r, m.bool(), lp, gamma, lambd,
                                                   threshold=p, lambd_inner=inner, holes="openrlhf")
-    ref_adv, ref_ret = openrlhf_loop(v, r, m, gamma, lambd, starts=low_prob_starts(lp, m, p),
-                                     lambd_inner=inner)
+    ref_adv, ref_ret = loops.openrlhf_loop(r, v, m, gamma, lambd, lam_inner=inner, dtype=F64,
+                                           boundaries=reference.segment_boundaries(lp, m, p))
     torch.testing.assert_close(adv.double(), ref_adv, atol=ATOL, rtol=0)
     torch.testing.assert_close(ret.double(), ref_ret, atol=ATOL, rtol=0)
 

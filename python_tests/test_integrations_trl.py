@@ -1,17 +1,16 @@
-"""sae_ext.integrations.trl against a loop written from the semantics of TRL's PPO advantage
+"""sae_ext.integrations.trl against framework_loops.trl_loop, the semantics of TRL's PPO advantage
 step (GAE over the whole length, whitening over the response tokens, padding zeroed), on
 batches laid out as TRL lays them out. TRL itself is not needed."""
-import math
-
 import pytest
 import torch
 
-from _integrations_common import contract_loop
+from sae_ext import reference
+from sae_ext.testing import framework_loops as loops
 from sae_ext.integrations import trl as sae_trl
 
 ATOL = 2e-5
 INVALID_LOGPROB = 1.0  # what TRL writes into padding log-probs
-
+F64 = torch.float64
 
 
 def trl_batch(B=8, T=48, seed=0, kl_coef=0.05):
@@ -39,38 +38,11 @@ def trl_batch(B=8, T=48, seed=0, kl_coef=0.05):
     return rewards, values, logprobs, padding_mask, padding_mask_p1
 
 
-def trl_loop(rewards, values, padding_mask, gamma, lam, *, whiten=True, starts=None,
-             lam_inner=None):
-    """TRL's advantage step in float64: GAE over every position with V = 0 after the last,
-    returns = advantages + values, then whitening with mean and unbiased variance over the
-    response tokens (``rsqrt(var + 1e-8)``) and zeros on padding. With ``starts``, lambda is
-    ``lam`` across a transition into a start and ``lam_inner`` elsewhere."""
-    r, v = rewards.double(), values.double()
-    B, T = r.shape
-    adv = torch.zeros(B, T, dtype=torch.float64)
-    running = torch.zeros(B, dtype=torch.float64)
-    for t in range(T - 1, -1, -1):
-        v_next = v[:, t + 1] if t + 1 < T else torch.zeros(B, dtype=torch.float64)
-        lam_t = torch.full((B,), lam, dtype=torch.float64)
-        if starts is not None and t + 1 < T:
-            lam_t = torch.where(starts[:, t + 1], lam, lam_inner).double()
-        running = r[:, t] + gamma * v_next - v[:, t] + gamma * lam_t * running
-        adv[:, t] = running
-    returns = adv + v
-    tokens = ~padding_mask
-    if whiten:
-        sel = adv[tokens]
-        mean = sel.mean()
-        var = ((sel - mean) ** 2).mean() * sel.numel() / (sel.numel() - 1)
-        adv = (adv - mean) * torch.rsqrt(var + 1e-8)
-    return adv.masked_fill(padding_mask, 0.0), returns
-
-
 @pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.99, 0.9), (1.0, 1.0)])
 def test_gae_equals_trl_everywhere(gamma, lam):
     r, v, _, pm, pm1 = trl_batch(seed=1)
     adv, ret = sae_trl.compute_advantages_and_returns(r, v, pm, pm1, gamma, lam)
-    ref_adv, ref_ret = trl_loop(r, v, pm, gamma, lam)
+    ref_adv, ref_ret = loops.trl_loop(r, v, pm, gamma, lam, dtype=F64)
     torch.testing.assert_close(adv.double(), ref_adv, atol=ATOL, rtol=0)
     torch.testing.assert_close(ret.double(), ref_ret, atol=ATOL, rtol=0)
     # returns are nonzero at L + 1 (the value loss uses that position) and 0 after it
@@ -81,7 +53,7 @@ def test_gae_without_whitening():
     r, v, _, pm, pm1 = trl_batch(seed=2)
     adv, ret = sae_trl.compute_advantages_and_returns(r, v, pm, pm1, 1.0, 0.95,
                                                       whiten_advantages=False)
-    ref_adv, ref_ret = trl_loop(r, v, pm, 1.0, 0.95, whiten=False)
+    ref_adv, ref_ret = loops.trl_loop(r, v, pm, 1.0, 0.95, whiten=False, dtype=F64)
     torch.testing.assert_close(adv.double(), ref_adv, atol=ATOL, rtol=0)
     torch.testing.assert_close(ret.double(), ref_ret, atol=ATOL, rtol=0)
 
@@ -98,14 +70,15 @@ def test_sae_equals_trl_chain_with_segment_lambdas(gamma, lam, inner, p):
     r, v, lp, pm, pm1 = trl_batch(seed=4)
     adv, ret = sae_trl.compute_sae_advantages_and_returns(
         r, v, lp, pm, pm1, gamma, lam, threshold=p, lam_inner=inner)
-    starts = ~pm & (lp.double() < math.log(p))
-    ref_adv, ref_ret = trl_loop(r, v, pm, gamma, lam, starts=starts, lam_inner=inner)
+    starts = reference.segment_boundaries(lp, ~pm, p)
+    ref_adv, ref_ret = loops.trl_loop(r, v, pm, gamma, lam, boundaries=starts, lam_inner=inner,
+                                        dtype=F64)
     torch.testing.assert_close(adv.double(), ref_adv, atol=ATOL, rtol=0)
     torch.testing.assert_close(ret.double(), ref_ret, atol=ATOL, rtol=0)
     # and the contract's recursion over the positions up to L + 1 gives the raw numbers
     raw, _ = sae_trl.compute_sae_advantages_and_returns(
         r, v, lp, pm, pm1, gamma, lam, threshold=p, lam_inner=inner, whiten_advantages=False)
-    c_adv, c_ret = contract_loop(r, v, lp, ~pm1, gamma, lam, inner, p, boundaries=starts)
+    c_adv, c_ret = reference.advantages_from_boundaries(r, v, starts, ~pm1, gamma, lam, inner)
     torch.testing.assert_close(raw.double(), c_adv.masked_fill(pm, 0.0), atol=ATOL, rtol=0)
     torch.testing.assert_close(ret.double(), c_ret, atol=ATOL, rtol=0)
 

@@ -1,8 +1,10 @@
 """sae_ext.integrations.verl against the real verl package (written against verl 0.9.1).
 
-Install what these tests need with scripts/install_verl_for_tests.sh. Without verl they skip,
-each saying which verl module could not be imported; the tests that need no verl still run.
+`bash scripts/test_verl.sh` installs verl into a side environment and runs these tests (as
+the README and CI do). Without verl they skip with one message saying so; the tests that need
+no verl still run.
 """
+import functools
 import os
 import subprocess
 import sys
@@ -12,12 +14,14 @@ import pytest
 import torch
 
 from _integrations_common import (REPO_ROOT, VERL_OPTIONAL_OVERRIDES, VERL_OVERRIDES,
-                                  contract_loop, random_batch,
+                                  random_batch,
                                   subprocess_env, whiten_loop)
 import sae_ext
+from sae_ext import reference
 from sae_ext.integrations import verl as sae_verl
 
-INSTALL_HINT = "install with scripts/install_verl_for_tests.sh"
+INSTALL_HINT = ("run `bash scripts/test_verl.sh`, which installs verl into a side environment "
+                "and runs these tests")
 ATOL = 2e-5
 
 
@@ -34,10 +38,30 @@ ray_trainer, _rt_err = _try_import("verl.trainer.ppo.ray_trainer") if core_algos
 v1_utils, _v1_err = _try_import("verl.trainer.ppo.v1.utils") if ray_trainer else (None, _rt_err)
 hydra, _hydra_err = _try_import("hydra") if core_algos else (None, _core_err)
 
-needs_verl = pytest.mark.skipif(core_algos is None, reason=str(_core_err))
-needs_ray_trainer = pytest.mark.skipif(ray_trainer is None, reason=str(_rt_err))
-needs_v1 = pytest.mark.skipif(v1_utils is None, reason=str(_v1_err))
-needs_hydra = pytest.mark.skipif(hydra is None, reason=str(_hydra_err))
+
+
+# Skipped from inside the test rather than by skipif marks: pytest reports a mark's skip at
+# each test's line but a raised skip at the line that raised it, so every test skipped for
+# the same reason folds into one line of the summary.
+def _skip_if(err):
+    if err is not None:
+        pytest.skip(err)
+
+
+def _needs(err):
+    def decorate(test):
+        @functools.wraps(test)
+        def run(*args, **kwargs):
+            _skip_if(err)
+            return test(*args, **kwargs)
+        return run
+    return decorate
+
+
+needs_verl = _needs(_core_err if core_algos is None else None)
+needs_ray_trainer = _needs(_rt_err if ray_trainer is None else None)
+needs_v1 = _needs(_v1_err if v1_utils is None else None)
+needs_hydra = _needs(_hydra_err if hydra is None else None)
 
 
 
@@ -46,10 +70,10 @@ needs_hydra = pytest.mark.skipif(hydra is None, reason=str(_hydra_err))
 # ------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.99, 0.9)])
-def test_gae_dropin_against_contract_loop(gamma, lam):
+def test_gae_dropin_against_the_reference(gamma, lam):
     r, v, lp, m = random_batch(seed=11, holes=True)
     adv, ret = sae_verl.compute_gae_advantage_return(r, v, m.bool(), gamma, lam)
-    raw, ref_ret = contract_loop(r, v, lp, m, gamma, lam, lam, 0.0)
+    raw, ref_ret = reference.advantages(r, v, lp, m, gamma, lam, lam, 0.0)
     valid = m.bool()
     ref_adv = whiten_loop(raw, m, unbiased=True)
     torch.testing.assert_close(adv.double()[valid], ref_adv[valid], atol=ATOL, rtol=0)
@@ -148,7 +172,7 @@ def test_sae_through_verls_compute_advantage(gamma, lam, inner, p, holes):
     data = _data_proto(r, v, lp, m.long())
     out = ray_trainer.compute_advantage(data, adv_estimator="sae", gamma=gamma, lam=lam,
                                         config=_algo_config(gamma=gamma, lam=lam, **extra))
-    raw, exp_ret = contract_loop(r, v, lp, m, gamma, lam, inner, p)
+    raw, exp_ret = reference.advantages(r, v, lp, m, gamma, lam, inner, p)
     exp_adv = verl_F.masked_whiten(raw, m.double())  # whitened the way verl whitens GAE
     valid = m.bool()
     torch.testing.assert_close(out.batch["advantages"].double()[valid], exp_adv[valid],
@@ -215,7 +239,7 @@ def test_sae_reads_gamma_and_lam_from_the_call_like_gae():
     r, v, lp, m = random_batch(B=4, T=16, seed=34)
     out = ray_trainer.compute_advantage(_data_proto(r, v, lp, m), "sae", gamma=0.9, lam=0.3,
                                         config=None)
-    raw, ret = contract_loop(r, v, lp, m, 0.9, 0.3, 1.0, 0.2)
+    raw, ret = reference.advantages(r, v, lp, m, 0.9, 0.3, 1.0, 0.2)
     valid = m.bool()
     torch.testing.assert_close(out.batch["returns"].double()[valid], ret[valid], atol=ATOL, rtol=0)
 
@@ -250,7 +274,7 @@ def test_sae_through_the_v1_trainers_entry_point():
     out = v1_utils.compute_advantage_for_multi_trajectories(
         data, batch_keys=[f"uid{i}_0_0" for i in range(8)], adv_estimator="sae",
         gamma=1.0, lam=0.5, num_repeat=1, config=_algo_config(lam=0.5))
-    raw, exp_ret = contract_loop(r, v, lp, m, 1.0, 0.5, 1.0, 0.2)
+    raw, exp_ret = reference.advantages(r, v, lp, m, 1.0, 0.5, 1.0, 0.2)
     valid = m.bool()
     exp_adv = whiten_loop(raw, m, unbiased=True)
     torch.testing.assert_close(out.batch["advantages"].double()[valid], exp_adv[valid],
@@ -284,7 +308,7 @@ def test_documented_config_composes_and_turns_the_critic_on():
     r, v, lp, m = random_batch(B=4, T=24, seed=51)
     out = ray_trainer.compute_advantage(_data_proto(r, v, lp, m), adv_estimator=algo.adv_estimator,
                                         gamma=algo.gamma, lam=algo.lam, config=algo)
-    raw, ret = contract_loop(r, v, lp, m, algo.gamma, algo.lam, 1.0, 0.3)
+    raw, ret = reference.advantages(r, v, lp, m, algo.gamma, algo.lam, 1.0, 0.3)
     valid = m.bool()
     torch.testing.assert_close(out.batch["advantages"].double()[valid],
                                whiten_loop(raw, m, unbiased=True)[valid], atol=ATOL, rtol=0)

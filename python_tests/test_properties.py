@@ -102,7 +102,7 @@ def _logprobs(gen, B, T, dtype, threshold, specials: bool) -> torch.Tensor:
     lp = torch.rand(B, T, generator=gen, dtype=torch.float64).clamp_min(1e-300).log()
     lp = lp.to(dtype)
     if specials and B * T:
-        log_p = math.log(threshold) if threshold > 0 else -math.inf
+        log_p = reference.log_threshold(threshold)
         edge = torch.tensor(log_p, dtype=torch.float64).to(dtype)  # nearest representable
         cands = [edge, torch.nextafter(edge, torch.tensor(-math.inf, dtype=dtype)),
                  torch.nextafter(edge, torch.tensor(math.inf, dtype=dtype)),

@@ -30,6 +30,7 @@ if _why_not is None:
     from ._ops import (  # noqa: E402
         advantages,
         advantages_from_boundaries,
+        check_inputs,
         gae,
         masked_whiten,
         segment_boundaries,
@@ -50,6 +51,7 @@ def __getattr__(name):
 __all__ = [
     "advantages",
     "advantages_from_boundaries",
+    "check_inputs",
     "gae",
     "masked_whiten",
     "segment_boundaries",

@@ -8,7 +8,10 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-__all__ = ["advantages", "advantages_from_boundaries", "gae", "masked_whiten", "segment_boundaries"]
+from ._input_check import check_inputs
+
+__all__ = ["advantages", "advantages_from_boundaries", "check_inputs", "gae", "masked_whiten",
+           "segment_boundaries"]
 
 
 def advantages(
@@ -40,6 +43,9 @@ def advantages(
     Returns:
         ``(advantages, returns)``, [B, T] float32 (float64 if any float input is float64),
         contiguous, zero at masked positions. Not whitened: see :func:`masked_whiten`.
+
+    The op checks shapes, dtypes and devices, not values: :func:`check_inputs` catches
+    probabilities passed as ``logprobs``, NaNs and infinities.
     """
     return torch.ops.sae.advantages(
         rewards, values, logprobs, mask, gamma, lam, lam_inner, threshold, bootstrap)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from . import _validation
+
 _F64 = torch.float64
 
 
@@ -13,58 +15,14 @@ def _acc_dtype(*tensors) -> torch.dtype:
     return _F64 if any(t is not None and t.dtype == _F64 for t in tensors) else torch.float32
 
 
-_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-_MASKS = _FLOATS + (torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
-
-
 # The fake kernels are also the ops' Meta kernels, which the dispatcher picks whenever any
 # argument is on the meta device; so they check what the C++ launchers check, with the same
-# messages, rather than return a tensor for inputs the real kernels reject.
-def _check_like(op, name, t, ref_name, ref):
-    torch._check(t.dim() == 2, lambda: f"{op}: `{name}` must be 2-D [B, T], got shape {tuple(t.shape)}")
-    torch._check(t.shape == ref.shape, lambda: f"{op}: `{name}` must have the shape of `{ref_name}` "
-                 f"{tuple(ref.shape)}, got {tuple(t.shape)}")
-    torch._check(t.device == ref.device, lambda: f"{op}: `{name}` is on {t.device} but `{ref_name}` is "
-                 f"on {ref.device}; all tensors must be on one device")
-
-
-def _check_float(op, name, t):
-    torch._check(t.dtype in _FLOATS, lambda: f"{op}: `{name}` must be float32, float64, bfloat16 or "
-                 f"float16, got {t.dtype}")
-
-
-def _check_mask(op, mask):
-    torch._check(mask.dtype in _MASKS, lambda: f"{op}: `mask` must be bool, an integer dtype or "
-                 f"float16/bfloat16/float32/float64, got {mask.dtype}")
-
-
-def _check_unit(op, **values):
-    for name, x in values.items():
-        torch._check(0.0 <= x <= 1.0, lambda: f"{op}: `{name}` must be in [0, 1], got {x}")
-
-
-def _fake_forward(op, rewards, values, cut, mask, bootstrap, cut_is_logprobs, **hyper):
-    torch._check(rewards.dim() == 2, lambda: f"{op}: `rewards` must be 2-D [B, T], got shape "
-                 f"{tuple(rewards.shape)}")
-    _check_float(op, "rewards", rewards)
-    _check_like(op, "values", values, "rewards", rewards)
-    _check_float(op, "values", values)
-    cut_name = "logprobs" if cut_is_logprobs else "boundaries"
-    _check_like(op, cut_name, cut, "rewards", rewards)
-    if cut_is_logprobs:
-        _check_float(op, cut_name, cut)
-    else:
-        torch._check(cut.dtype == torch.bool, lambda: f"{op}: `boundaries` must be a bool tensor, got {cut.dtype}")
-    _check_like(op, "mask", mask, "rewards", rewards)
-    _check_mask(op, mask)
-    if bootstrap is not None:
-        torch._check(bootstrap.dim() == 1 and bootstrap.shape[0] == rewards.shape[0],
-                     lambda: f"{op}: `bootstrap` must be 1-D with one value per row [{rewards.shape[0]}], "
-                     f"got shape {tuple(bootstrap.shape)}")
-        _check_float(op, "bootstrap", bootstrap)
-        torch._check(bootstrap.device == rewards.device, lambda: f"{op}: `bootstrap` is on "
-                     f"{bootstrap.device} but `rewards` is on {rewards.device}; all tensors must be on one device")
-    _check_unit(op, **hyper)
+# messages (sae_ext/_validation.py), rather than return a tensor for inputs the real kernels
+# reject.
+def _fake_forward(op, rewards, values, cut, mask, bootstrap, cut_is_logprobs, gamma, lam, lam_inner,
+                  threshold=0.0):
+    _validation.check_forward(op, rewards, values, cut, cut_is_logprobs, mask, bootstrap,
+                              gamma, lam, lam_inner, threshold)
     dt = _acc_dtype(rewards, values, cut if cut_is_logprobs else None, bootstrap)
     return rewards.new_empty(rewards.shape, dtype=dt), rewards.new_empty(rewards.shape, dtype=dt)
 
@@ -85,28 +43,15 @@ def _advantages_from_boundaries_fake(rewards, values, boundaries, mask, gamma, l
 
 @torch.library.register_fake("sae::segment_boundaries")
 def _segment_boundaries_fake(logprobs, mask, threshold):
-    op = "sae.segment_boundaries"
-    torch._check(logprobs.dim() == 2, lambda: f"{op}: `logprobs` must be 2-D [B, T], got shape "
-                 f"{tuple(logprobs.shape)}")
-    _check_float(op, "logprobs", logprobs)
-    _check_like(op, "mask", mask, "logprobs", logprobs)
-    _check_mask(op, mask)
-    _check_unit(op, threshold=threshold)
+    _validation.check_segmentation("sae.segment_boundaries", logprobs, mask, threshold)
     return logprobs.new_empty(logprobs.shape, dtype=torch.bool)
 
 
 @torch.library.register_fake("sae::advantages_backward")
 def _advantages_backward_fake(grad_advantages, grad_returns, mask, logprobs, boundaries, gamma,
                               lam, lam_inner, threshold):
-    op = "sae.advantages_backward"
-    torch._check(mask.dim() == 2, lambda: f"{op}: `mask` must be 2-D [B, T]")
-    torch._check((logprobs is None) != (boundaries is None),
-                 lambda: f"{op}: pass exactly one of `logprobs` and `boundaries`")
-    for name, t in (("grad_advantages", grad_advantages), ("grad_returns", grad_returns),
-                    ("logprobs", logprobs), ("boundaries", boundaries)):
-        if t is not None:
-            _check_like(op, name, t, "mask", mask)
-    _check_unit(op, gamma=gamma, lam=lam, lam_inner=lam_inner)
+    _validation.check_adjoint("sae.advantages_backward", grad_advantages, grad_returns, mask,
+                              logprobs, boundaries, gamma, lam, lam_inner, threshold)
     dt = _acc_dtype(grad_advantages, grad_returns)
     B, T = mask.shape
     return mask.new_empty((B, T), dtype=dt), mask.new_empty((B, T), dtype=dt), mask.new_empty((B,), dtype=dt)

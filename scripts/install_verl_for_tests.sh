@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install verl and the fewest packages that python_tests/test_integrations_verl.py needs to
-# import it, into the Python environment of $PYTHON (default: `python`). torch must already
+# import it, into the Python environment of $PYTHON (default: `python`). The README's entry
+# point is scripts/test_verl.sh, which runs this for its side environment and then the tests;
+# run this directly only to put verl into an environment of your own. torch must already
 # be installed there; it is pinned at its installed version (public part, e.g. 2.14.1 for
 # 2.14.1+cu130) so pip cannot replace it.
 #

@@ -6,6 +6,14 @@
   variant.
 - :mod:`sae_ext.integrations.trl`: TRL's PPO advantage block (GAE, then whitening) and its SAE
   variant.
+- :mod:`sae_ext.integrations.areal`: AReaL's ``_compute_token_level_gae`` (rolled loss mask,
+  bootstrap of truncated rows), its SAE variant and its per-sample λ.
+- :mod:`sae_ext.integrations.skyrl`: SkyRL's ``compute_gae_advantage_return`` and an ``"sae"``
+  entry in its ``AdvantageEstimatorRegistry``.
+- :mod:`sae_ext.integrations.nemo_rl`: NeMo-RL's ``GeneralizedAdvantageEstimator`` (decoupled
+  value/policy λ, VAPO length-adaptive λ) and an SAE estimator with the same interface.
+- :mod:`sae_ext.integrations.slime`: slime's ``get_advantages_and_returns_batch`` and a function
+  for its ``--custom-advantage-function-path``.
 
 Each submodule is imported on its own (``import sae_ext.integrations.verl``); this package
 imports none of them, so nothing here imports a framework. None of the submodules needs its
@@ -13,4 +21,15 @@ framework installed to compute: only the verl registration does, and it is skipp
 is absent. See docs/integrations.md.
 """
 
-__all__ = ["openrlhf", "trl", "verl"]
+__all__ = ["areal", "nemo_rl", "openrlhf", "skyrl", "slime", "trl", "verl"]
+
+
+def _require_per_row_lam(who: str) -> None:
+    """Per-sample λ goes straight to the ops' per-row λ (``lam=Tensor[B]``); builds of sae_ext
+    from before that API (marked by ``sae_ext.length_adaptive_lam``) cannot run it."""
+    import sae_ext
+
+    if not hasattr(sae_ext, "length_adaptive_lam"):
+        raise NotImplementedError(
+            f"{who}: per-sample λ needs the ops' per-row λ (sae_ext.advantages/gae with "
+            "lam=Tensor[B], sae_ext.length_adaptive_lam), which this sae_ext build lacks")

@@ -1,0 +1,306 @@
+"""Reference loops for the AReaL, NeMo-RL and slime drop-ins, written (not copied) from each
+framework's source at the version named on each function, in float64, one token at a time,
+plus random batches in each framework's layout. Used by python_tests/test_integrations_
+{areal,nemo_rl,slime,skyrl}.py.
+
+Sources read:
+- AReaL: areal-project/AReaL main, commit cbff54d645d2cd8ee1f1c358a82f3f473588433d (package
+  version 2.0.0), areal/trainer/ppo/gae.py and areal/trainer/ppo/lambda_fn.py.
+- NeMo-RL: NVIDIA-NeMo/RL tag v0.7.0, commit 81aa43dda4765b0429cf31dab44441e4e4383911,
+  nemo_rl/algorithms/advantage_estimator.py (GeneralizedAdvantageEstimator) and
+  nemo_rl/algorithms/utils.py (masked_mean, masked_var).
+- slime: THUDM/slime tag v0.3.1, commit a6272da0d4f3d0a08520c99a2f3b4f6c887960dc,
+  slime/utils/ppo_utils.py (get_advantages_and_returns_batch, vanilla_gae, chunked_gae) and
+  slime/backends/megatron_utils/loss.py (the "ppo" rewards).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+DEVICES = ["cpu", "cuda"]
+
+
+def device_or_skip(device):
+    import pytest
+
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    return torch.device(device)
+
+
+def _lam_of_row(lam, b):
+    return float(lam[b]) if isinstance(lam, torch.Tensor) and lam.dim() > 0 else float(lam)
+
+
+def padded_batch(B=6, T=40, *, seed=0, holes=False, prefix=0, empty_row=True, p_low=0.15):
+    """rewards, values, logprobs, mask (float 0/1), [B, T]: per row an optional masked prefix
+    (a prompt), a response of random length, trailing padding, optional holes (masked runs
+    inside the response, like tool output), one all-masked row. Values are nonzero
+    everywhere, padding included, as a critic's outputs are."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(B, T)
+    for b in range(B):
+        n = int(torch.randint(2, T - prefix + 1, (1,), generator=g))
+        mask[b, prefix:prefix + n] = 1
+        if holes and n > 6:
+            s = prefix + int(torch.randint(1, n - 3, (1,), generator=g))
+            mask[b, s:min(s + int(torch.randint(1, 4, (1,), generator=g)), prefix + n - 1)] = 0
+    if empty_row and B > 1:
+        mask[B - 1] = 0
+    values = torch.randn(B, T, generator=g)
+    rewards = 0.05 * torch.randn(B, T, generator=g) * mask
+    for b in range(B):
+        idx = torch.nonzero(mask[b]).flatten()
+        if len(idx):
+            rewards[b, idx[-1]] += float(torch.randint(0, 2, (1,), generator=g))
+    low = torch.rand(B, T, generator=g) < p_low
+    probs = torch.where(low, 0.01 + 0.18 * torch.rand(B, T, generator=g),
+                        0.21 + 0.79 * torch.rand(B, T, generator=g))
+    return rewards, values, probs.log(), mask
+
+
+def sae_loop(rewards, values, logprobs, steps, starts_mask, gamma, lam, lam_inner, threshold,
+             bootstrap=None):
+    """SAE over the positions of ``steps`` (others skipped, output 0), float64: segment
+    starts are positions of ``starts_mask`` with log-prob < log(threshold); ``lam`` ([B] or
+    float) where the next step starts a segment, ``lam_inner`` elsewhere; ``bootstrap`` [B]
+    the value after each row's last step."""
+    r, v, lp = rewards.double().cpu(), values.double().cpu(), logprobs.double().cpu()
+    st, sm = (steps != 0).cpu(), (starts_mask != 0).cpu()
+    B, T = r.shape
+    cut = math.log(threshold) if threshold > 0 else -math.inf
+    adv = torch.zeros(B, T, dtype=torch.float64)
+    ret = torch.zeros(B, T, dtype=torch.float64)
+    for b in range(B):
+        lam_b = _lam_of_row(lam, b)
+        nv = 0.0 if bootstrap is None else float(bootstrap[b])
+        na, next_starts = 0.0, False
+        for t in reversed(range(T)):
+            if not st[b, t]:
+                continue
+            a = r[b, t].item() + gamma * nv - v[b, t].item() \
+                + gamma * (lam_b if next_starts else lam_inner) * na
+            adv[b, t], ret[b, t] = a, a + v[b, t].item()
+            nv, na = v[b, t].item(), a
+            next_starts = bool(sm[b, t]) and lp[b, t].item() < cut
+    return adv, ret
+
+
+# ------------------------------------------------------------------------------------------
+# AReaL (main, cbff54d)
+# ------------------------------------------------------------------------------------------
+
+def areal_token_level_gae(rewards, values, loss_mask, seq_no_eos_mask, discount, gae_lambda):
+    """_compute_token_level_gae: steps t = T-2 .. 0 (the last position only supplies
+    values[:, -1] * seq_no_eos_mask as the first next-value); at a position whose loss mask
+    is 0 the next-value and the advantage are carried and the carried advantage is output;
+    the last position's advantage is 0; returns = advantages + values everywhere."""
+    r, v, m = rewards.double().cpu(), values.double().cpu(), loss_mask.double().cpu()
+    B, T = r.shape
+    adv = torch.zeros(B, T, dtype=torch.float64)
+    for b in range(B):
+        lam = _lam_of_row(gae_lambda, b)
+        nv = v[b, T - 1].item() * float(seq_no_eos_mask[b])
+        last = 0.0
+        for t in reversed(range(T - 1)):
+            new = r[b, t].item() + discount * nv - v[b, t].item() + discount * lam * last
+            mt = m[b, t].item()
+            nv = nv * (1 - mt) + v[b, t].item() * mt
+            last = last * (1 - mt) + new * mt
+            adv[b, t] = last
+    return adv, adv + v
+
+
+def areal_vapo_length_adaptive(loss_mask, alpha):
+    """vapo_length_adaptive_gae on token-level lengths (effective_token_lengths)."""
+    out = []
+    for row in (loss_mask != 0).cpu():
+        n = int(row.sum())
+        out.append(0.0 if n == 0 else max(0.0, 1.0 - 1.0 / (alpha * max(n, 1))))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def areal_relative_position(loss_mask, q):
+    """relative_position_gae_lambda on token-level lengths."""
+    out = []
+    for row in (loss_mask != 0).cpu():
+        n = int(row.sum())
+        out.append(0.0 if n == 0 else 1.0 if n == 1 else q ** (1.0 / (n - 1)))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def areal_batch(B=6, T=48, *, seed=0, holes=False, truncated=(0, 2)):
+    """AReaL's layout: [B, T] whole sequences, a prompt prefix, the loss mask already rolled
+    left by one (so the position before each generated token is marked), rows in
+    ``truncated`` filling the length without EOS (``seq_no_eos_mask``)."""
+    g = torch.Generator().manual_seed(seed)
+    rewards, values, logprobs, _ = padded_batch(B, T, seed=seed)
+    loss_mask = torch.zeros(B, T)
+    seq_no_eos = torch.zeros(B, dtype=torch.bool)
+    for b in range(B):
+        prompt = int(torch.randint(2, 8, (1,), generator=g))
+        seqlen = T if b in truncated else int(torch.randint(prompt + 2, T, (1,), generator=g))
+        seq_no_eos[b] = seqlen == T
+        gen = torch.zeros(T)
+        gen[prompt:seqlen] = 1
+        if holes and seqlen - prompt > 8:
+            s = prompt + int(torch.randint(2, seqlen - prompt - 4, (1,), generator=g))
+            gen[s:s + 3] = 0
+        loss_mask[b] = torch.roll(gen, shifts=-1)
+    rewards = rewards * loss_mask
+    return rewards, values, logprobs, loss_mask, seq_no_eos
+
+
+# ------------------------------------------------------------------------------------------
+# NeMo-RL (v0.7.0)
+# ------------------------------------------------------------------------------------------
+
+def nemo_rl_compute_gae(rewards, values, mask, gamma, lam):
+    """GeneralizedAdvantageEstimator._compute_gae: every position t = T-1 .. 0, next-value
+    and advantage start at 0; a masked position carries both and outputs the carried
+    advantage; returns = advantages + values. ``lam`` float or [B]."""
+    r, v, m = rewards.double().cpu(), values.double().cpu(), mask.double().cpu()
+    B, T = r.shape
+    adv = torch.zeros(B, T, dtype=torch.float64)
+    for b in range(B):
+        lb = _lam_of_row(lam, b)
+        nv, last = 0.0, 0.0
+        for t in reversed(range(T)):
+            new = r[b, t].item() + gamma * nv - v[b, t].item() + gamma * lb * last
+            mt = m[b, t].item()
+            nv = v[b, t].item() * mt + (1 - mt) * nv
+            last = new * mt + (1 - mt) * last
+            adv[b, t] = last
+    return adv, adv + v
+
+
+def nemo_rl_token_level_rewards(rewards, mask):
+    """_build_token_level_rewards without KL: the scalar on the last mask position."""
+    m = mask.double().cpu()
+    out = torch.zeros(m.shape, dtype=torch.float64)
+    for b in range(m.shape[0]):
+        idx = torch.nonzero(m[b]).flatten()
+        if len(idx):
+            out[b, idx[-1]] = float(rewards[b])
+    return out * m
+
+
+def nemo_rl_whiten(adv, mask):
+    """_reward_whiten with masked_mean (sum / (n + 1e-8)) and masked_var (unbiased)."""
+    m = mask.double().cpu()
+    n = m.sum()
+    mean = (adv * m).sum() / (n + 1e-8)
+    var = (((adv - mean) ** 2) * m).sum() / (n + 1e-8) * (n / (n - 1))
+    return (adv - mean) * torch.rsqrt(var + 1e-8)
+
+
+def nemo_rl_length_adaptive(mask, alpha):
+    """_resolve_lambda_policy with length_adaptive_alpha > 0: 1 - 1/max(alpha * L, 1), in
+    [0, 1], L = the mask's count per row."""
+    out = []
+    for row in mask.double().cpu():
+        n = float(row.sum())
+        out.append(min(1.0, max(0.0, 1.0 - 1.0 / max(alpha * n, 1.0))))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def nemo_rl_compute_advantage(config, rewards, mask, values):
+    """GeneralizedAdvantageEstimator.compute_advantage (no KL in the reward): decoupled
+    λ runs GAE twice (returns with the value λ, advantages with the policy λ), optional
+    whitening, advantages zeroed off the mask."""
+    r = nemo_rl_token_level_rewards(rewards, mask)
+    lam = config["gae_lambda"]
+    lam_value = config.get("gae_lambda_value")
+    lam_policy = config.get("gae_lambda_policy")
+    alpha = config.get("length_adaptive_alpha", 0)
+    if alpha > 0:
+        lam_policy_resolved = nemo_rl_length_adaptive(mask, alpha)
+    else:
+        lam_policy_resolved = lam_policy if lam_policy is not None else lam
+    if lam_value is not None or lam_policy is not None or alpha > 0:
+        _, ret = nemo_rl_compute_gae(r, values, mask, config["gae_gamma"],
+                                     lam_value if lam_value is not None else lam)
+        adv, _ = nemo_rl_compute_gae(r, values, mask, config["gae_gamma"], lam_policy_resolved)
+    else:
+        adv, ret = nemo_rl_compute_gae(r, values, mask, config["gae_gamma"], lam)
+    if config.get("normalize_advantages"):
+        adv = nemo_rl_whiten(adv, mask)
+    adv = adv.masked_fill(mask.cpu() == 0, 0)
+    return adv, ret
+
+
+# ------------------------------------------------------------------------------------------
+# slime (v0.3.1)
+# ------------------------------------------------------------------------------------------
+
+def slime_vanilla_gae(rewards, values, gamma, lambd):
+    """vanilla_gae: every position a step, the next value past the end 0."""
+    r, v = rewards.double().cpu(), values.double().cpu()
+    B, T = r.shape
+    adv = torch.zeros(B, T, dtype=torch.float64)
+    for b in range(B):
+        last = 0.0
+        for t in reversed(range(T)):
+            nv = v[b, t + 1].item() if t < T - 1 else 0.0
+            last = r[b, t].item() + gamma * nv - v[b, t].item() + gamma * lambd * last
+            adv[b, t] = last
+    return adv, adv + v
+
+
+def slime_chunked_gae(rewards, values, gamma, lambd, chunk_size=128):
+    """chunked_gae, as slime computes it in the inputs' dtype: deltas reversed in time,
+    each chunk's local scan as a product with the upper-triangular matrix of powers of
+    w = gamma * lambd, chunks chained by adding w^(t+1) times the previous chunk's last
+    value."""
+    B, T = rewards.shape
+    dt = rewards.dtype
+    nxt = torch.cat([values[:, 1:], torch.zeros(B, 1, dtype=dt)], dim=1)
+    d = torch.flip(rewards + gamma * nxt - values, dims=[1])
+    pad = (-T) % chunk_size
+    d = torch.nn.functional.pad(d, (0, pad))
+    n = d.shape[1] // chunk_size
+    w = gamma * lambd
+    i = torch.arange(chunk_size)
+    diff = i[None, :] - i[:, None]
+    M = torch.where(diff >= 0, torch.tensor(w, dtype=dt) ** diff.clamp(min=0).to(dt),
+                    torch.zeros((), dtype=dt))
+    if w == 0.0:
+        M = torch.eye(chunk_size, dtype=dt)
+    powv = torch.tensor(w, dtype=dt) ** torch.arange(1, chunk_size + 1, dtype=dt)
+    local = (d.view(B * n, chunk_size) @ M).view(B, n, chunk_size)
+    out = torch.zeros(B, n * chunk_size, dtype=dt)
+    prev = torch.zeros(B, dtype=dt)
+    for c in range(n):
+        L = chunk_size - pad if (c == n - 1 and pad) else chunk_size
+        s = local[:, c, :L] + prev[:, None] * powv[:L]
+        out[:, c * chunk_size:c * chunk_size + L] = s
+        prev = s[:, -1]
+    adv = torch.flip(out[:, :T], dims=[1])
+    return adv, adv + values
+
+
+def slime_batch(gae, response_lengths, values_list, rewards_list, gamma, lambd):
+    """get_advantages_and_returns_batch with CP size 1: zero-pad to the longest response,
+    run ``gae`` on [B, max_len], cut each row back to its length."""
+    B, T = len(response_lengths), max(response_lengths)
+    v = torch.zeros(B, T, dtype=values_list[0].dtype)
+    r = torch.zeros(B, T, dtype=values_list[0].dtype)
+    for i, L in enumerate(response_lengths):
+        v[i, :L] = values_list[i][:L].cpu()
+        r[i, :L] = rewards_list[i][:L].cpu()
+    adv, ret = gae(r, v, gamma, lambd)
+    return ([adv[i, :L] for i, L in enumerate(response_lengths)],
+            [ret[i, :L] for i, L in enumerate(response_lengths)])
+
+
+def slime_ppo_rewards(rewards, kl, kl_coef):
+    """The "ppo" branch of compute_advantages_and_returns (CP rank 0): -kl_coef * kl, the
+    sample's reward added on its last token."""
+    out = []
+    for reward, k in zip(rewards, kl):
+        k = k.double().cpu() * (-kl_coef)
+        k[-1] += reward
+        out.append(k)
+    return out

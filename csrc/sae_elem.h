@@ -88,12 +88,14 @@ SAE_HD bool load_nonzero(Kind kind, const void* p, int64_t i) {
 // Hyperparameters as the kernels use them. The segmentation threshold log(p) is held
 // twice: in float64 for float64 log-probs, and as the smallest float32 >= log(p) for all
 // narrower ones, which decides every float32 log-prob exactly as the float64 test would.
+// lam_critic is read only by a forward scan with ScanArgs::critic set.
 struct Params {
   double gamma;
   double lam;
   double lam_inner;
   double log_p64;
   float log_p32;
+  double lam_critic = 1.0;
 };
 
 // Host side: the kernels' Params for hyperparameters already checked to lie in [0, 1].
@@ -120,17 +122,77 @@ SAE_HD bool is_cut(const CutSource& c, const Params& p, const void* ptr, int64_t
 }
 
 // Everything one row-scan needs, for the forward (advantages) and the adjoint pass.
+//
+// Rows come in one of two layouts:
+//   padded: the Mats are [B, T] views; row b is tokens t = 0 .. T-1 at (b * sb + t * st),
+//     outputs contiguous [B, T];
+//   packed (cu.ptr != null, flash-attention's cu_seqlens): the inputs are 1-D [N], held as
+//     Mats with sb == 0 and st the tensor's stride; row b is tokens cu[b] .. cu[b+1]-1, and
+//     its outputs are the same positions of contiguous [N] outputs; T == N.
+// row_span() gives every kernel both layouts in one form: row b's token t (0 <= t < len) is
+// element (b, start + t) of each Mat, and its outputs are at out + out_offset + t.
 struct ScanArgs {
   int64_t B, T;
-  Mat a;          // forward: rewards;  adjoint: grad_advantages (ptr may be null)
-  Mat b;          // forward: values;   adjoint: grad_returns    (ptr may be null)
-  Mat mask;
-  CutSource cut;
+  Mat a;          // forward: rewards;  adjoint: grad_advantages (ptr may be null: zeros)
+  Mat b;          // forward: values;   adjoint: grad_returns    (ptr may be null: zeros)
+  Mat mask;       // ptr null: every token of every row is valid
+  CutSource cut;  // cut.src.ptr null: no token starts a segment (lam_inner everywhere)
   Mat bootstrap;  // forward only: [B] (st == 0); ptr null means 0
-  void* out0;     // forward: advantages; adjoint: grad_rewards   (contiguous [B, T])
-  void* out1;     // forward: returns;    adjoint: grad_values    (contiguous [B, T])
+  void* out0;     // forward: advantages; adjoint: grad_rewards   (contiguous [B, T] or [N])
+  void* out1;     // forward: returns;    adjoint: grad_values    (contiguous [B, T] or [N])
   void* out2;     // adjoint only: grad_bootstrap [B]; may be null
   Params p;
+  // Per-row hyperparameters, [B] vectors (st == 0) of any float kind; ptr null: the scalar
+  // of Params for every row.
+  Mat lam_rows{nullptr, 0, 0, Kind::F32};
+  Mat lam_inner_rows{nullptr, 0, 0, Kind::F32};
+  Mat lam_critic_rows{nullptr, 0, 0, Kind::F32};
+  // Forward only: returns come from a second chain over the same tokens, in the same pass,
+  // whose lambda_t is lam_critic at every valid token (no segments), same gamma, bootstrap
+  // and mask: out1 = r_t + gamma * w_critic. out0 (advantages) is unchanged.
+  bool critic = false;
+  // [B + 1] row offsets, int32 or int64 (kind I32 / I64); ptr null: the padded layout.
+  Mat cu{nullptr, 0, 0, Kind::I64};
 };
+
+// Element i of an int32 / int64 index vector.
+SAE_HD int64_t load_index(const Mat& m, int64_t i) {
+  return m.kind == Kind::I32 ? int64_t(static_cast<const int32_t*>(m.ptr)[i * m.sb])
+                             : static_cast<const int64_t*>(m.ptr)[i * m.sb];
+}
+
+// Row b's tokens: (b, start + t) of each Mat for 0 <= t < len; outputs at out_offset + t.
+// Packed offsets are clamped into [0, T] and made non-decreasing, so that offsets which the
+// launcher did not check (CUDA checks none on the device) can never address outside the
+// tensors.
+struct RowSpan {
+  int64_t start, len, out_offset;
+};
+
+SAE_HD RowSpan row_span(const ScanArgs& s, int64_t row) {
+  if (s.cu.ptr == nullptr) return RowSpan{0, s.T, row * s.T};
+  int64_t b = load_index(s.cu, row), e = load_index(s.cu, row + 1);
+  b = b < 0 ? 0 : (b > s.T ? s.T : b);
+  e = e < b ? b : (e > s.T ? s.T : e);
+  return RowSpan{b, e - b, b};
+}
+
+// Row b's lambdas: per-row values where given, else the call's scalars.
+template <typename acc_t>
+struct RowLambdas {
+  acc_t lam, lam_inner, lam_critic;
+};
+
+template <typename acc_t>
+SAE_HD acc_t row_value(const Mat& m, int64_t row, double scalar) {
+  return m.ptr != nullptr ? load_number<acc_t>(m.kind, m.ptr, row * m.sb) : acc_t(scalar);
+}
+
+template <typename acc_t>
+SAE_HD RowLambdas<acc_t> row_lambdas(const ScanArgs& s, int64_t row) {
+  return RowLambdas<acc_t>{row_value<acc_t>(s.lam_rows, row, s.p.lam),
+                           row_value<acc_t>(s.lam_inner_rows, row, s.p.lam_inner),
+                           row_value<acc_t>(s.lam_critic_rows, row, s.p.lam_critic)};
+}
 
 }  // namespace sae

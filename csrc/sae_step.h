@@ -74,4 +74,10 @@ SAE_HD acc_t token_lambda(bool cut, const Params& p) {
   return cut ? acc_t(p.lam) : acc_t(p.lam_inner);
 }
 
+// The same for a row whose lambdas may be its own (ScanArgs' per-row hyperparameters).
+template <typename acc_t>
+SAE_HD acc_t token_lambda(bool cut, const RowLambdas<acc_t>& l) {
+  return cut ? l.lam : l.lam_inner;
+}
+
 }  // namespace sae

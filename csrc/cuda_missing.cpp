@@ -19,6 +19,7 @@ void no_cuda_kernels(StableIValue*, uint64_t, uint64_t) {
 }
 
 constexpr char kAdvantages[] = "sae::advantages";
+constexpr char kAdvantagesOut[] = "sae::advantages.out";
 constexpr char kFromBoundaries[] = "sae::advantages_from_boundaries";
 constexpr char kBoundaries[] = "sae::segment_boundaries";
 constexpr char kBackward[] = "sae::advantages_backward";
@@ -27,6 +28,7 @@ constexpr char kBackward[] = "sae::advantages_backward";
 
 STABLE_TORCH_LIBRARY_IMPL(sae, CUDA, m) {
   m.impl("advantages", &no_cuda_kernels<kAdvantages>);
+  m.impl("advantages.out", &no_cuda_kernels<kAdvantagesOut>);
   m.impl("advantages_from_boundaries", &no_cuda_kernels<kFromBoundaries>);
   m.impl("segment_boundaries", &no_cuda_kernels<kBoundaries>);
   m.impl("advantages_backward", &no_cuda_kernels<kBackward>);

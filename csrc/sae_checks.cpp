@@ -89,6 +89,13 @@ void check_2d(const char* op, const char* name, const Tensor& t) {
             "-D with shape ", Shape{t});
 }
 
+// The inputs' layout: 2-D [B, T], or 1-D [N] with cu_seqlens.
+void check_rows(const char* op, const char* name, const Tensor& t, bool packed) {
+  if (!packed) return check_2d(op, name, t);
+  SAE_CHECK(t.dim() == 1, op, ": `", name, "` must be 1-D [N] when `cu_seqlens` is given, got ",
+            t.dim(), "-D with shape ", Shape{t});
+}
+
 void check_same_device(const char* op, const char* name, const Tensor& t, const char* ref_name,
                        const Tensor& ref) {
   SAE_CHECK(t.device() == ref.device(), op, ": `", name, "` is on ", Where{t}, " but `", ref_name,
@@ -96,8 +103,8 @@ void check_same_device(const char* op, const char* name, const Tensor& t, const 
 }
 
 void check_like(const char* op, const char* name, const Tensor& t, const char* ref_name,
-                const Tensor& ref) {
-  check_2d(op, name, t);
+                const Tensor& ref, bool packed = false) {
+  check_rows(op, name, t, packed);
   SAE_CHECK(same_shape(t, ref), op, ": `", name, "` must have the shape of `", ref_name, "` ",
             Shape{ref}, ", got ", Shape{t});
   check_same_device(op, name, t, ref_name, ref);
@@ -116,18 +123,95 @@ Params checked_params(const char* op, double gamma, double lam, double lam_inner
   return sae::make_params(gamma, lam, lam_inner, uses_threshold ? threshold : 1.0);
 }
 
-void check_bootstrap(const char* op, const Tensor& bs, const Tensor& ref) {
-  SAE_CHECK(bs.dim() == 1 && bs.size(0) == ref.size(0), op,
-            ": `bootstrap` must be 1-D with one value per row [", ref.size(0), "], got shape ",
-            Shape{bs});
-  check_float_tensor(op, "bootstrap", bs);
-  check_same_device(op, "bootstrap", bs, "rewards", ref);
+// A [B] vector of one float per row (bootstrap, per-row lambdas).
+void check_per_row(const char* op, const char* name, const Tensor& t, int64_t B, const char* ref_name,
+                   const Tensor& ref) {
+  SAE_CHECK(t.dim() == 1 && t.size(0) == B, op, ": `", name,
+            "` must be 1-D with one value per row [", B, "], got shape ", Shape{t});
+  check_float_tensor(op, name, t);
+  check_same_device(op, name, t, ref_name, ref);
 }
 
 bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
 
-Tensor new_matrix(const Tensor& like, int64_t B, int64_t T, bool use_double) {
-  return torch::stable::new_empty(like, {B, T}, use_double ? ScalarType::Double : ScalarType::Float);
+// Host tensors' values can be read for free; a device tensor's cannot without a sync, so
+// those are left to the kernels' clamping (row_span) and to sae_ext.check_inputs.
+bool readable(const Tensor& t) { return t.device().type() == DeviceType::CPU; }
+
+// Per-row lambdas on the host: every value in [0, 1] (NaN is not).
+void check_unit_values(const char* op, const char* name, const Tensor& t) {
+  if (!readable(t)) return;
+  const Mat m = as_mat(t);
+  for (int64_t i = 0; i < t.size(0); ++i) {
+    const double x = load_number<double>(m.kind, m.ptr, i * m.sb);
+    SAE_CHECK(x >= 0.0 && x <= 1.0, op, ": `", name, "` must be in [0, 1], got ", x, " at row ", i);
+  }
+}
+
+// cu_seqlens: 1-D [B + 1] int32/int64 on the inputs' device; on the host also its values.
+// Returns B.
+int64_t check_cu_seqlens(const char* op, const Tensor& cu, const char* ref_name, const Tensor& ref) {
+  SAE_CHECK(cu.dim() == 1 && cu.size(0) >= 1, op,
+            ": `cu_seqlens` must be 1-D [B + 1] (row offsets, starting at 0), got shape ", Shape{cu});
+  SAE_CHECK(cu.scalar_type() == ScalarType::Int || cu.scalar_type() == ScalarType::Long, op,
+            ": `cu_seqlens` must be int32 or int64, got ", cu.scalar_type());
+  check_same_device(op, "cu_seqlens", cu, ref_name, ref);
+  const int64_t B = cu.size(0) - 1, N = ref.size(0);
+  if (readable(cu)) {
+    const Mat m = as_mat(cu);
+    SAE_CHECK(load_index(m, 0) == 0, op, ": `cu_seqlens` must start at 0, got ", load_index(m, 0));
+    for (int64_t b = 0; b < B; ++b)
+      SAE_CHECK(load_index(m, b + 1) >= load_index(m, b), op,
+                ": `cu_seqlens` must be non-decreasing, got ", load_index(m, b), " then ",
+                load_index(m, b + 1), " at rows ", b, " and ", b + 1);
+    SAE_CHECK(load_index(m, B) == N, op, ": `cu_seqlens` must end at N = ", N, " (the length of `",
+              ref_name, "`), got ", load_index(m, B));
+  }
+  return B;
+}
+
+// A packed 1-D input as the kernels address it: row offsets come from cu, so sb = 0.
+Mat packed_mat(const Tensor& t) {
+  Mat m = as_mat(t);
+  m.st = m.sb;
+  m.sb = 0;
+  return m;
+}
+
+const Mat kAbsent{nullptr, 0, 0, Kind::B8};
+
+// A preallocated output of an out= overload: the shape and dtype the op would allocate,
+// contiguous, on the inputs' device.
+void check_out(const char* op, const char* name, const Tensor& out, const Tensor& ref,
+               ScalarType dtype) {
+  SAE_CHECK(same_shape(out, ref), op, ": `", name, "` must have the shape of the inputs ", Shape{ref},
+            ", got ", Shape{out});
+  SAE_CHECK(out.scalar_type() == dtype, op, ": `", name, "` must be ", dtype,
+            " (the op's output dtype for these inputs), got ", out.scalar_type());
+  SAE_CHECK(out.is_contiguous(), op, ": `", name, "` must be contiguous");
+  check_same_device(op, name, out, "rewards", ref);
+}
+
+// Per-row lambdas and packed rows, shared by both passes. `ref`: the first data tensor.
+void fill_rows(const char* op, ScanArgs& a, const Options& opt, const Tensor& ref, const char* ref_name) {
+  const int64_t B = a.B;
+  const auto per_row_lam = [&](const OptTensor& t, const char* name, Mat& into) {
+    if (!given(t)) return;
+    check_per_row(op, name, *t, B, ref_name, ref);
+    check_unit_values(op, name, *t);
+    into = as_mat(*t);
+    into.st = 0;
+  };
+  per_row_lam(opt.lam_rows, "lam_rows", a.lam_rows);
+  per_row_lam(opt.lam_inner_rows, "lam_inner_rows", a.lam_inner_rows);
+  per_row_lam(opt.lam_critic_rows, "lam_critic_rows", a.lam_critic_rows);
+  if (given(opt.cu_seqlens)) a.cu = as_mat(*opt.cu_seqlens);
+}
+
+Tensor new_rows(const Tensor& like, int64_t B, int64_t T, bool packed, bool use_double) {
+  const auto dt = use_double ? ScalarType::Double : ScalarType::Float;
+  if (packed) return torch::stable::new_empty(like, {T}, dt);
+  return torch::stable::new_empty(like, {B, T}, dt);
 }
 
 }  // namespace
@@ -142,43 +226,70 @@ Mat as_mat(const Tensor& t) {
 }
 
 Prepared prepare_forward(const char* op, DeviceType device, const Tensor& rewards,
-                         const Tensor& values, const Tensor& cut, bool cut_is_logprobs,
-                         const Tensor& mask, double gamma, double lam, double lam_inner,
-                         double threshold, const OptTensor& bootstrap) {
+                         const Tensor& values, const OptTensor& cut, bool cut_is_logprobs,
+                         const OptTensor& mask, double gamma, double lam, double lam_inner,
+                         double threshold, const OptTensor& bootstrap, const Options& opt) {
   const char* cut_name = cut_is_logprobs ? "logprobs" : "boundaries";
+  const bool packed = given(opt.cu_seqlens);
   check_device_type(op, "rewards", rewards, device);
-  check_2d(op, "rewards", rewards);
+  check_rows(op, "rewards", rewards, packed);
   check_float_tensor(op, "rewards", rewards);
-  check_like(op, "values", values, "rewards", rewards);
+  check_like(op, "values", values, "rewards", rewards, packed);
   check_float_tensor(op, "values", values);
-  check_like(op, cut_name, cut, "rewards", rewards);
-  if (cut_is_logprobs) {
-    check_float_tensor(op, cut_name, cut);
-  } else {
-    SAE_CHECK(cut.scalar_type() == ScalarType::Bool, op,
-              ": `boundaries` must be a bool tensor, got ", cut.scalar_type());
+  const bool has_cut = given(cut);
+  if (has_cut) {
+    check_like(op, cut_name, *cut, "rewards", rewards, packed);
+    if (cut_is_logprobs) {
+      check_float_tensor(op, cut_name, *cut);
+    } else {
+      SAE_CHECK(cut->scalar_type() == ScalarType::Bool, op,
+                ": `boundaries` must be a bool tensor, got ", cut->scalar_type());
+    }
   }
-  check_like(op, "mask", mask, "rewards", rewards);
-  check_mask_dtype(op, mask);
+  const bool has_mask = given(mask);
+  if (has_mask) {
+    check_like(op, "mask", *mask, "rewards", rewards, packed);
+    check_mask_dtype(op, *mask);
+  }
+  const int64_t B = packed ? check_cu_seqlens(op, *opt.cu_seqlens, "rewards", rewards)
+                           : rewards.size(0);
+  const int64_t T = packed ? rewards.size(0) : rewards.size(1);
   const bool has_bs = given(bootstrap);
-  if (has_bs) check_bootstrap(op, *bootstrap, rewards);
+  if (has_bs) check_per_row(op, "bootstrap", *bootstrap, B, "rewards", rewards);
 
   Prepared out;
   out.use_double = rewards.scalar_type() == ScalarType::Double ||
                    values.scalar_type() == ScalarType::Double ||
-                   (cut_is_logprobs && cut.scalar_type() == ScalarType::Double) ||
+                   (cut_is_logprobs && has_cut && cut->scalar_type() == ScalarType::Double) ||
                    (has_bs && bootstrap->scalar_type() == ScalarType::Double);
-  const int64_t B = rewards.size(0), T = rewards.size(1);
   ScanArgs& a = out.args;
   a.B = B;
   a.T = T;
-  a.p = checked_params(op, gamma, lam, lam_inner, threshold, cut_is_logprobs);
-  out.out0 = new_matrix(rewards, B, T, out.use_double);
-  out.out1 = new_matrix(rewards, B, T, out.use_double);
-  a.a = as_mat(rewards);
-  a.b = as_mat(values);
-  a.mask = as_mat(mask);
-  a.cut = CutSource{as_mat(cut), cut_is_logprobs};
+  a.p = checked_params(op, gamma, lam, lam_inner, threshold, cut_is_logprobs && has_cut);
+  if (opt.lam_critic.has_value() || given(opt.lam_critic_rows)) {
+    a.critic = true;
+    a.p.lam_critic = opt.lam_critic.value_or(1.0);
+    if (opt.lam_critic.has_value()) check_unit(op, "lam_critic", *opt.lam_critic);
+  }
+  fill_rows(op, a, opt, rewards, "rewards");
+  const auto acc = out.use_double ? ScalarType::Double : ScalarType::Float;
+  if (given(opt.out0)) {
+    check_out(op, "out_advantages", *opt.out0, rewards, acc);
+    out.out0 = *opt.out0;
+  } else {
+    out.out0 = new_rows(rewards, B, T, packed, out.use_double);
+  }
+  if (given(opt.out1)) {
+    check_out(op, "out_returns", *opt.out1, rewards, acc);
+    out.out1 = *opt.out1;
+  } else {
+    out.out1 = new_rows(rewards, B, T, packed, out.use_double);
+  }
+  const auto mat = [&](const Tensor& t) { return packed ? packed_mat(t) : as_mat(t); };
+  a.a = mat(rewards);
+  a.b = mat(values);
+  a.mask = has_mask ? mat(*mask) : kAbsent;
+  a.cut = CutSource{has_cut ? mat(*cut) : kAbsent, cut_is_logprobs && has_cut};
   a.bootstrap = has_bs ? as_mat(*bootstrap) : Mat{nullptr, 0, 0, Kind::F32};
   a.bootstrap.st = 0;
   a.out0 = out.out0.data_ptr();
@@ -190,45 +301,57 @@ Prepared prepare_forward(const char* op, DeviceType device, const Tensor& reward
 Prepared prepare_adjoint(const char* op, DeviceType device, const OptTensor& grad_advantages,
                          const OptTensor& grad_returns, const Tensor& mask,
                          const OptTensor& logprobs, const OptTensor& boundaries, double gamma,
-                         double lam, double lam_inner, double threshold) {
+                         double lam, double lam_inner, double threshold, const Options& opt) {
+  const bool packed = given(opt.cu_seqlens);
   check_device_type(op, "mask", mask, device);
-  check_2d(op, "mask", mask);
+  check_rows(op, "mask", mask, packed);
   check_mask_dtype(op, mask);
   const bool has_lp = given(logprobs), has_bd = given(boundaries);
-  SAE_CHECK(has_lp != has_bd, op, ": pass exactly one of `logprobs` and `boundaries`");
-  const Tensor& cut = has_lp ? *logprobs : *boundaries;
-  check_like(op, has_lp ? "logprobs" : "boundaries", cut, "mask", mask);
-  if (has_lp) check_float_tensor(op, "logprobs", cut);
-  else SAE_CHECK(cut.scalar_type() == ScalarType::Bool, op, ": `boundaries` must be a bool tensor");
+  SAE_CHECK(!(has_lp && has_bd), op, ": pass at most one of `logprobs` and `boundaries`");
+  if (has_lp) {
+    check_like(op, "logprobs", *logprobs, "mask", mask, packed);
+    check_float_tensor(op, "logprobs", *logprobs);
+  } else if (has_bd) {
+    check_like(op, "boundaries", *boundaries, "mask", mask, packed);
+    SAE_CHECK(boundaries->scalar_type() == ScalarType::Bool, op,
+              ": `boundaries` must be a bool tensor, got ", boundaries->scalar_type());
+  }
 
   const bool has_ga = given(grad_advantages), has_gr = given(grad_returns);
   bool use_double = false;
   if (has_ga) {
-    check_like(op, "grad_advantages", *grad_advantages, "mask", mask);
+    check_like(op, "grad_advantages", *grad_advantages, "mask", mask, packed);
     check_float_tensor(op, "grad_advantages", *grad_advantages);
     use_double |= grad_advantages->scalar_type() == ScalarType::Double;
   }
   if (has_gr) {
-    check_like(op, "grad_returns", *grad_returns, "mask", mask);
+    check_like(op, "grad_returns", *grad_returns, "mask", mask, packed);
     check_float_tensor(op, "grad_returns", *grad_returns);
     use_double |= grad_returns->scalar_type() == ScalarType::Double;
   }
+  SAE_CHECK(!opt.lam_critic.has_value() && !given(opt.lam_critic_rows) && !given(opt.out0) &&
+                !given(opt.out1),
+            op, ": the adjoint takes no critic lambda and no out= tensors");
+  const int64_t B = packed ? check_cu_seqlens(op, *opt.cu_seqlens, "mask", mask) : mask.size(0);
+  const int64_t T = packed ? mask.size(0) : mask.size(1);
 
   Prepared out;
   out.use_double = use_double;
-  const int64_t B = mask.size(0), T = mask.size(1);
   ScanArgs& a = out.args;
   a.B = B;
   a.T = T;
   a.p = checked_params(op, gamma, lam, lam_inner, threshold, has_lp);
-  out.out0 = new_matrix(mask, B, T, use_double);
-  out.out1 = new_matrix(mask, B, T, use_double);
+  fill_rows(op, a, opt, mask, "mask");
+  out.out0 = new_rows(mask, B, T, packed, use_double);
+  out.out1 = new_rows(mask, B, T, packed, use_double);
   out.out2 = torch::stable::new_empty(mask, {B}, use_double ? ScalarType::Double : ScalarType::Float);
+  const auto mat = [&](const Tensor& t) { return packed ? packed_mat(t) : as_mat(t); };
   const Mat none{nullptr, 0, 0, Kind::F32};
-  a.a = has_ga ? as_mat(*grad_advantages) : none;
-  a.b = has_gr ? as_mat(*grad_returns) : none;
-  a.mask = as_mat(mask);
-  a.cut = CutSource{as_mat(cut), has_lp};
+  a.a = has_ga ? mat(*grad_advantages) : none;
+  a.b = has_gr ? mat(*grad_returns) : none;
+  a.mask = mat(mask);
+  a.cut = has_lp ? CutSource{mat(*logprobs), true}
+                 : CutSource{has_bd ? mat(*boundaries) : kAbsent, false};
   a.bootstrap = none;
   a.out0 = out.out0.data_ptr();
   a.out1 = out.out1.data_ptr();

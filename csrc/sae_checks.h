@@ -44,22 +44,36 @@ struct Prepared {
   bool use_double = false;
 };
 
+// The arguments of the estimator variants (issue 12) and of the out= overloads, all
+// optional; a default-constructed Options is a plain call.
+struct Options {
+  OptTensor lam_rows, lam_inner_rows;   // [B] per-row lam / lam_inner, any float dtype
+  std::optional<double> lam_critic;     // forward only: returns from a critic chain
+  OptTensor lam_critic_rows;            // forward only: [B] per-row lam_critic
+  OptTensor cu_seqlens;                 // [B + 1] int32/int64: packed 1-D [N] inputs
+  OptTensor out0, out1;                 // forward only: preallocated outputs (out= overloads)
+};
+
 // Every prepare_* takes the device type of the kernel that runs (CPU for the CPU and
 // emulated kernels, CUDA for the CUDA ones): the first tensor must be on it, and every
 // other tensor on that tensor's device, each failure naming the argument.
 
 // Forward: advantages and returns. `cut` is either log-probs (cut_is_logprobs) compared
-// against log(threshold), or a bool boundaries tensor.
+// against log(threshold), or a bool boundaries tensor; absent: no cuts. `mask` absent: every
+// token valid.
 Prepared prepare_forward(const char* op, DeviceType device, const Tensor& rewards,
-                         const Tensor& values, const Tensor& cut, bool cut_is_logprobs,
-                         const Tensor& mask, double gamma, double lam, double lam_inner,
-                         double threshold, const OptTensor& bootstrap);
+                         const Tensor& values, const OptTensor& cut, bool cut_is_logprobs,
+                         const OptTensor& mask, double gamma, double lam, double lam_inner,
+                         double threshold, const OptTensor& bootstrap,
+                         const Options& opt = Options{});
 
-// Adjoint of the forward pass. Exactly one of logprobs / boundaries is given.
+// Adjoint of the forward pass (never with a critic chain). At most one of logprobs /
+// boundaries is given (none: no cuts).
 Prepared prepare_adjoint(const char* op, DeviceType device, const OptTensor& grad_advantages,
                          const OptTensor& grad_returns, const Tensor& mask,
                          const OptTensor& logprobs, const OptTensor& boundaries, double gamma,
-                         double lam, double lam_inner, double threshold);
+                         double lam, double lam_inner, double threshold,
+                         const Options& opt = Options{});
 
 // Segmentation: checks and the threshold pair; returns the bool output to fill.
 Tensor prepare_boundaries(const char* op, DeviceType device, const Tensor& logprobs,

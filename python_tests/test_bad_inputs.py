@@ -331,7 +331,6 @@ def _backward_cases():
         out.append((f"mask-{cid}", {"mask": bad}))
     for cid, bad in (("shape_T+1", _Z(B, T + 1)), ("long", _Z(B, T, dtype=torch.long))):
         out.append((f"logprobs-{cid}", {"bw_logprobs": bad}))
-    out.append(("neither-cut", {"bw_logprobs": None}))
     out.append(("both-cuts", {"bw_boundaries": _Z(B, T, dtype=torch.bool)}))
     out.append(("boundaries-shape_T+1", {"bw_logprobs": None,
                                          "bw_boundaries": _Z(B, T + 1, dtype=torch.bool)}))
@@ -349,11 +348,7 @@ def _parity_cases():
         if fn in (op_advantages, op_from_boundaries, op_segment_boundaries):
             cases.append(pytest.param(fn, over, id=p.id))
     for cid, over in _backward_cases():
-        marks = ()
-        if cid == "boundaries-float32":  # C++ prepare_adjoint's message lacks ", got <dtype>"
-            marks = pytest.mark.xfail(strict=True, reason="csrc/sae_checks.cpp prepare_adjoint: "
-                                      "`boundaries` must be a bool tensor (no dtype named)")
-        cases.append(pytest.param(_op_backward, over, id=f"op_backward-{cid}", marks=marks))
+        cases.append(pytest.param(_op_backward, over, id=f"op_backward-{cid}"))
     return cases
 
 

@@ -30,8 +30,11 @@ if _why_not is None:
     from ._ops import (  # noqa: E402
         advantages,
         advantages_from_boundaries,
+        advantages_varlen,
         check_inputs,
         gae,
+        gae_varlen,
+        length_adaptive_lam,
         masked_whiten,
         segment_boundaries,
     )
@@ -51,8 +54,11 @@ def __getattr__(name):
 __all__ = [
     "advantages",
     "advantages_from_boundaries",
+    "advantages_varlen",
     "check_inputs",
     "gae",
+    "gae_varlen",
+    "length_adaptive_lam",
     "masked_whiten",
     "segment_boundaries",
     "__version__",

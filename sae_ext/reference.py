@@ -32,31 +32,20 @@ def segment_boundaries(logprobs: Tensor, mask: Tensor, threshold: float) -> Tens
     return (mask != 0) & (logprobs.double() < log_threshold(threshold))
 
 
-def advantages_from_boundaries(
-    rewards: Tensor,
-    values: Tensor,
-    boundaries: Tensor,
-    mask: Tensor,
-    gamma: float,
-    lam: float,
-    lam_inner: float,
-    bootstrap: Optional[Tensor] = None,
-    dtype: torch.dtype = torch.float64,
-) -> Tuple[Tensor, Tensor]:
-    """Advantages and returns (in `dtype`), from explicit segment starts."""
-    r, v = rewards.to(dtype), values.to(dtype)
-    valid = mask != 0
-    is_start = boundaries.bool() & valid
+def _per_row(x, B: int, dtype: torch.dtype, device) -> Tensor:
+    """A float or a [B] tensor of lambdas as a [B] tensor."""
+    return torch.as_tensor(x, dtype=dtype, device=device).expand(B).clone()
+
+
+def _recursion(r: Tensor, v: Tensor, valid: Tensor, is_start: Tensor, gamma: float, lam_b: Tensor,
+               lam_i: Tensor, bootstrap: Optional[Tensor]) -> Tensor:
+    """The contract's recursion over t = T-1 .. 0; lam_b / lam_i are [B]."""
     B, T = r.shape
-    adv = torch.zeros(B, T, dtype=dtype, device=r.device)
-    next_value = (
-        bootstrap.to(dtype).clone() if bootstrap is not None
-        else torch.zeros(B, dtype=dtype, device=r.device)
-    )
-    next_adv = torch.zeros(B, dtype=dtype, device=r.device)
+    adv = torch.zeros(B, T, dtype=r.dtype, device=r.device)
+    next_value = (bootstrap.to(r.dtype).clone() if bootstrap is not None
+                  else torch.zeros(B, dtype=r.dtype, device=r.device))
+    next_adv = torch.zeros(B, dtype=r.dtype, device=r.device)
     next_is_boundary = torch.zeros(B, dtype=torch.bool, device=r.device)
-    lam_b = torch.tensor(lam, dtype=dtype, device=r.device)
-    lam_i = torch.tensor(lam_inner, dtype=dtype, device=r.device)
     for t in reversed(range(T)):
         delta = r[:, t] + gamma * next_value - v[:, t]
         lam_t = torch.where(next_is_boundary, lam_b, lam_i)
@@ -66,25 +55,105 @@ def advantages_from_boundaries(
         next_value = torch.where(ok, v[:, t], next_value)
         next_adv = torch.where(ok, a_t, next_adv)
         next_is_boundary = torch.where(ok, is_start[:, t], next_is_boundary)
-    returns = torch.where(valid, adv + v, 0.0)
+    return adv
+
+
+def advantages_from_boundaries(
+    rewards: Tensor,
+    values: Tensor,
+    boundaries: Optional[Tensor],
+    mask: Optional[Tensor],
+    gamma: float,
+    lam,
+    lam_inner,
+    bootstrap: Optional[Tensor] = None,
+    dtype: torch.dtype = torch.float64,
+    lam_critic=None,
+) -> Tuple[Tensor, Tensor]:
+    """Advantages and returns (in `dtype`), from explicit segment starts (None: no starts).
+
+    `lam`, `lam_inner` and `lam_critic` are floats or [B] tensors (row b uses element b).
+    `mask` None: every token valid. With `lam_critic`, returns are A^c + V where A^c is the
+    same recursion with lambda = lam_critic at every valid token (no segments)."""
+    r, v = rewards.to(dtype), values.to(dtype)
+    B, T = r.shape
+    valid = mask != 0 if mask is not None else torch.ones(B, T, dtype=torch.bool, device=r.device)
+    is_start = (boundaries.bool() & valid if boundaries is not None
+                else torch.zeros(B, T, dtype=torch.bool, device=r.device))
+    row = lambda x: _per_row(x, B, dtype, r.device)  # noqa: E731
+    adv = _recursion(r, v, valid, is_start, gamma, row(lam), row(lam_inner), bootstrap)
+    if lam_critic is None:
+        returns = torch.where(valid, adv + v, 0.0)
+    else:
+        lc = row(lam_critic)
+        adv_c = _recursion(r, v, valid, torch.zeros_like(is_start), gamma, lc, lc, bootstrap)
+        returns = torch.where(valid, adv_c + v, 0.0)
     return adv, returns
 
 
 def advantages(
     rewards: Tensor,
     values: Tensor,
-    logprobs: Tensor,
-    mask: Tensor,
+    logprobs: Optional[Tensor],
+    mask: Optional[Tensor],
     gamma: float,
-    lam: float,
-    lam_inner: float,
+    lam,
+    lam_inner,
     threshold: float,
     bootstrap: Optional[Tensor] = None,
     dtype: torch.dtype = torch.float64,
+    lam_critic=None,
 ) -> Tuple[Tensor, Tensor]:
-    """SAE advantages and returns (in `dtype`); `lam_inner == lam` is plain GAE."""
-    b = segment_boundaries(logprobs, mask, threshold)
-    return advantages_from_boundaries(rewards, values, b, mask, gamma, lam, lam_inner, bootstrap, dtype)
+    """SAE advantages and returns (in `dtype`); `lam_inner == lam` is plain GAE; logprobs
+    None: no segment starts. Arguments as :func:`advantages_from_boundaries`."""
+    b = None
+    if logprobs is not None:
+        m = mask if mask is not None else torch.ones_like(logprobs, dtype=torch.bool)
+        b = segment_boundaries(logprobs, m, threshold)
+    return advantages_from_boundaries(rewards, values, b, mask, gamma, lam, lam_inner, bootstrap,
+                                      dtype, lam_critic)
+
+
+def gae(rewards: Tensor, values: Tensor, mask: Optional[Tensor], gamma: float, lam,
+        bootstrap: Optional[Tensor] = None, dtype: torch.dtype = torch.float64,
+        lam_critic=None) -> Tuple[Tensor, Tensor]:
+    """Plain GAE: one lambda (a float or [B]) at every token."""
+    return advantages_from_boundaries(rewards, values, None, mask, gamma, lam, lam, bootstrap,
+                                      dtype, lam_critic)
+
+
+def length_adaptive_lam(mask: Tensor, alpha: float = 0.05) -> Tensor:
+    """VAPO: lam_b = 1 - 1/(alpha * l_b), l_b the valid tokens of row b, clamped to [0, 1];
+    rows with alpha * l_b <= 1 (and empty rows) get 0. float64 [B]."""
+    out = []
+    for l_b in (mask != 0).sum(dim=1).tolist():
+        x = alpha * l_b
+        out.append(0.0 if x <= 1 else min(1.0, max(0.0, 1 - 1 / x)))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def advantages_varlen(rewards: Tensor, values: Tensor, logprobs: Optional[Tensor],
+                      cu_seqlens: Tensor, mask: Optional[Tensor], gamma: float, lam, lam_inner,
+                      threshold: float, bootstrap: Optional[Tensor] = None,
+                      dtype: torch.dtype = torch.float64, lam_critic=None) -> Tuple[Tensor, Tensor]:
+    """Packed rows: row b is x[cu[b]:cu[b+1]] of each 1-D input, computed as a [1, L_b] row of
+    :func:`advantages` and written back to the same positions."""
+    cu = cu_seqlens.tolist()
+    B = len(cu) - 1
+    adv = torch.zeros(rewards.shape[0], dtype=dtype)
+    ret = torch.zeros(rewards.shape[0], dtype=dtype)
+    pick = lambda x, b: x if x is None or not isinstance(x, Tensor) else x[b]  # noqa: E731
+    for b in range(B):
+        s, e = cu[b], cu[b + 1]
+        if e == s:
+            continue
+        sl = lambda x: None if x is None else x[s:e].unsqueeze(0)  # noqa: E731
+        a_b, r_b = advantages(sl(rewards), sl(values), sl(logprobs), sl(mask), gamma,
+                              pick(lam, b), pick(lam_inner, b), threshold,
+                              None if bootstrap is None else bootstrap[b:b + 1], dtype,
+                              pick(lam_critic, b))
+        adv[s:e], ret[s:e] = a_b[0], r_b[0]
+    return adv, ret
 
 
 # ------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 #include <torch/csrc/stable/library.h>
 
+#include <optional>
 #include <tuple>
 
 #include "../sae_checks.h"
@@ -34,22 +35,70 @@ void run_scan(const Prepared& pr, const Tensor& like) {
              Adjoint ? "sae adjoint scan" : "sae scan");
 }
 
-std::tuple<Tensor, Tensor> advantages_cuda(const Tensor& rewards, const Tensor& values,
-                                           const Tensor& logprobs, const Tensor& mask,
-                                           double gamma, double lam, double lam_inner,
-                                           double threshold, const OptTensor& bootstrap) {
-  Prepared pr = prepare_forward("sae.advantages", DeviceType::CUDA, rewards, values, logprobs,
-                                true, mask, gamma, lam, lam_inner, threshold, bootstrap);
+using OptDouble = std::optional<double>;
+
+Options variants(const OptTensor& lam_rows, const OptTensor& lam_inner_rows,
+                 const OptDouble& lam_critic, const OptTensor& lam_critic_rows,
+                 const OptTensor& cu_seqlens) {
+  Options o;
+  o.lam_rows = lam_rows;
+  o.lam_inner_rows = lam_inner_rows;
+  o.lam_critic = lam_critic;
+  o.lam_critic_rows = lam_critic_rows;
+  o.cu_seqlens = cu_seqlens;
+  return o;
+}
+
+// TEMPORARY (removed when the CUDA kernels of issue 12 land): the arguments the scan does not
+// read yet are refused rather than ignored.
+void require_kernel_support(const ScanArgs& a) {
+  if (a.B == 0 || a.T == 0) return;  // empty tensors have null data pointers
+  SAE_CHECK(a.cu.ptr == nullptr && !a.critic && a.mask.ptr != nullptr && a.cut.src.ptr != nullptr &&
+                a.lam_rows.ptr == nullptr && a.lam_inner_rows.ptr == nullptr,
+            "sae (CUDA): this build's kernels do not support per-row lambdas, lam_critic, packed "
+            "rows, an absent mask or absent logprobs yet");
+}
+
+std::tuple<Tensor, Tensor> advantages_cuda(
+    const Tensor& rewards, const Tensor& values, const OptTensor& logprobs, const OptTensor& mask,
+    double gamma, double lam, double lam_inner, double threshold, const OptTensor& bootstrap,
+    const OptTensor& lam_rows, const OptTensor& lam_inner_rows, OptDouble lam_critic,
+    const OptTensor& lam_critic_rows, const OptTensor& cu_seqlens) {
+  Prepared pr = prepare_forward(
+      "sae.advantages", DeviceType::CUDA, rewards, values, logprobs, true, mask, gamma, lam,
+      lam_inner, threshold, bootstrap,
+      variants(lam_rows, lam_inner_rows, lam_critic, lam_critic_rows, cu_seqlens));
+  require_kernel_support(pr.args);
   run_scan<false>(pr, rewards);
   return {pr.out0, pr.out1};
 }
 
+std::tuple<Tensor, Tensor> advantages_out_cuda(
+    const Tensor& rewards, const Tensor& values, const OptTensor& logprobs, const OptTensor& mask,
+    double gamma, double lam, double lam_inner, double threshold, const OptTensor& bootstrap,
+    const OptTensor& lam_rows, const OptTensor& lam_inner_rows, OptDouble lam_critic,
+    const OptTensor& lam_critic_rows, const OptTensor& cu_seqlens, Tensor out_advantages,
+    Tensor out_returns) {
+  Options o = variants(lam_rows, lam_inner_rows, lam_critic, lam_critic_rows, cu_seqlens);
+  o.out0 = out_advantages;
+  o.out1 = out_returns;
+  Prepared pr = prepare_forward("sae.advantages.out", DeviceType::CUDA, rewards, values, logprobs,
+                                true, mask, gamma, lam, lam_inner, threshold, bootstrap, o);
+  require_kernel_support(pr.args);
+  run_scan<false>(pr, rewards);
+  return {out_advantages, out_returns};
+}
+
 std::tuple<Tensor, Tensor> advantages_from_boundaries_cuda(
-    const Tensor& rewards, const Tensor& values, const Tensor& boundaries, const Tensor& mask,
-    double gamma, double lam, double lam_inner, const OptTensor& bootstrap) {
-  Prepared pr = prepare_forward("sae.advantages_from_boundaries", DeviceType::CUDA, rewards,
-                                values, boundaries, false, mask, gamma, lam, lam_inner, 0.0,
-                                bootstrap);
+    const Tensor& rewards, const Tensor& values, const Tensor& boundaries, const OptTensor& mask,
+    double gamma, double lam, double lam_inner, const OptTensor& bootstrap,
+    const OptTensor& lam_rows, const OptTensor& lam_inner_rows, OptDouble lam_critic,
+    const OptTensor& lam_critic_rows, const OptTensor& cu_seqlens) {
+  Prepared pr = prepare_forward(
+      "sae.advantages_from_boundaries", DeviceType::CUDA, rewards, values, boundaries, false,
+      mask, gamma, lam, lam_inner, 0.0, bootstrap,
+      variants(lam_rows, lam_inner_rows, lam_critic, lam_critic_rows, cu_seqlens));
+  require_kernel_support(pr.args);
   run_scan<false>(pr, rewards);
   return {pr.out0, pr.out1};
 }
@@ -57,10 +106,13 @@ std::tuple<Tensor, Tensor> advantages_from_boundaries_cuda(
 std::tuple<Tensor, Tensor, Tensor> advantages_backward_cuda(
     const OptTensor& grad_advantages, const OptTensor& grad_returns, const Tensor& mask,
     const OptTensor& logprobs, const OptTensor& boundaries, double gamma, double lam,
-    double lam_inner, double threshold) {
-  Prepared pr = prepare_adjoint("sae.advantages_backward", DeviceType::CUDA, grad_advantages,
-                                grad_returns, mask, logprobs, boundaries, gamma, lam, lam_inner,
-                                threshold);
+    double lam_inner, double threshold, const OptTensor& lam_rows,
+    const OptTensor& lam_inner_rows, const OptTensor& cu_seqlens) {
+  Prepared pr = prepare_adjoint(
+      "sae.advantages_backward", DeviceType::CUDA, grad_advantages, grad_returns, mask, logprobs,
+      boundaries, gamma, lam, lam_inner, threshold,
+      variants(lam_rows, lam_inner_rows, std::nullopt, std::nullopt, cu_seqlens));
+  require_kernel_support(pr.args);
   run_scan<true>(pr, mask);
   return {pr.out0, pr.out1, pr.out2};
 }
@@ -82,6 +134,7 @@ Tensor segment_boundaries_cuda(const Tensor& logprobs, const Tensor& mask, doubl
 
 STABLE_TORCH_LIBRARY_IMPL(sae, CUDA, m) {
   m.impl("advantages", TORCH_BOX(&advantages_cuda));
+  m.impl("advantages.out", TORCH_BOX(&advantages_out_cuda));
   m.impl("advantages_from_boundaries", TORCH_BOX(&advantages_from_boundaries_cuda));
   m.impl("advantages_backward", TORCH_BOX(&advantages_backward_cuda));
   m.impl("segment_boundaries", TORCH_BOX(&segment_boundaries_cuda));

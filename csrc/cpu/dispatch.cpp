@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "scan_engine.h"
 
@@ -30,18 +31,19 @@ namespace sae {
 namespace cpu {
 namespace {
 
-using ScanFn = void (*)(const ScanArgs&, int64_t, int64_t);
+using ScanFn = void (*)(const ScanArgs&, const int64_t*, int64_t, int64_t);
 
 // The builds of the scan: 32-byte vectors for AVX2 machines, 16-byte vectors (SSE2, NEON)
 // for everything else. Same lanes, same operations, same results.
-template <typename S, int NV, bool Adjoint>
-SAE_TARGET_WIDE void scan_rows_wide(const ScanArgs& a, int64_t begin, int64_t end) {
-  scan_rows<S, 32 / sizeof(S), NV, Adjoint>(a, begin, end);
+template <typename S, int NV, Pass M>
+SAE_TARGET_WIDE void scan_rows_wide(const ScanArgs& a, const int64_t* order, int64_t begin,
+                                    int64_t end) {
+  scan_rows<S, 32 / sizeof(S), NV, M>(a, order, begin, end);
 }
 
-template <typename S, int NV, bool Adjoint>
-void scan_rows_base(const ScanArgs& a, int64_t begin, int64_t end) {
-  scan_rows<S, 16 / sizeof(S), NV, Adjoint>(a, begin, end);
+template <typename S, int NV, Pass M>
+void scan_rows_base(const ScanArgs& a, const int64_t* order, int64_t begin, int64_t end) {
+  scan_rows<S, 16 / sizeof(S), NV, M>(a, order, begin, end);
 }
 
 bool cpu_has_avx2() {
@@ -56,18 +58,19 @@ bool cpu_has_avx2() {
 bool always() { return true; }
 
 // One ISA variant: its name (as SAE_CPU_VECTOR spells it), vector size, whether this CPU
-// runs it, and its scan for each [float64][NV == kNV][adjoint].
+// runs it, and its scan for each [float64][NV == kNV][pass].
 struct IsaVariant {
   const char* name;
   int vector_bytes;
   bool (*available)();
-  ScanFn scan[2][2][2];
+  ScanFn scan[2][2][3];
 };
 
+#define SAE_SCAN_PASSES(fn, S, NV) \
+  {&fn<S, NV, Pass::Forward>, &fn<S, NV, Pass::Critic>, &fn<S, NV, Pass::Adjoint>}
 #define SAE_SCAN_BUILDS(fn)                                                                   \
-  {{{&fn<float, 1, false>, &fn<float, 1, true>}, {&fn<float, kNV, false>, &fn<float, kNV, true>}}, \
-   {{&fn<double, 1, false>, &fn<double, 1, true>},                                            \
-    {&fn<double, kNV, false>, &fn<double, kNV, true>}}}
+  {{SAE_SCAN_PASSES(fn, float, 1), SAE_SCAN_PASSES(fn, float, kNV)},                          \
+   {SAE_SCAN_PASSES(fn, double, 1), SAE_SCAN_PASSES(fn, double, kNV)}}
 
 // In order of preference: the first one available is used.
 const IsaVariant kIsaVariants[] = {
@@ -75,6 +78,7 @@ const IsaVariant kIsaVariants[] = {
     {"base", 16, &always, SAE_SCAN_BUILDS(scan_rows_base)},
 };
 #undef SAE_SCAN_BUILDS
+#undef SAE_SCAN_PASSES
 
 // The preferred available variant, or the one SAE_CPU_VECTOR names if it is available.
 const IsaVariant& isa() {
@@ -95,16 +99,33 @@ template <typename S, bool Adjoint>
 void scan_all_rows_as(const ScanArgs& a) {
   const IsaVariant& v = isa();
   const int64_t W = v.vector_bytes / int64_t(sizeof(S));
+  const bool packed = a.cu.ptr != nullptr;
   // Two vector chains per group hide the recursion's latency; one when that would leave a
   // thread without rows.
   const int nv = a.B >= kNV * W * int64_t(torch::stable::get_num_threads()) ? kNV : 1;
-  const ScanFn scan = v.scan[sizeof(S) == 8][nv == kNV][Adjoint];
+  const Pass pass = Adjoint ? Pass::Adjoint : a.critic ? Pass::Critic : Pass::Forward;
+  const ScanFn scan = v.scan[sizeof(S) == 8][nv == kNV][int(pass)];
   const int64_t G = W * nv;
   const int64_t ngroups = (a.B + G - 1) / G;
-  // Enough tokens per task that thread start-up is amortised.
-  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, G * a.T));
+  // Packed rows of different lengths: a group runs as long as its longest row, so rows are
+  // grouped in order of length (longest first), which makes the time scale with N rather
+  // than with B * max_len. Ties keep their order, so the grouping is deterministic (the
+  // results would not depend on it anyway: each lane is its row's own recursion).
+  std::vector<int64_t> order;
+  if (packed) {
+    order.resize(size_t(a.B));
+    std::vector<int64_t> len(size_t(a.B));
+    for (int64_t b = 0; b < a.B; ++b) order[size_t(b)] = b, len[size_t(b)] = row_span(a, b).len;
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t x, int64_t y) { return len[size_t(x)] > len[size_t(y)]; });
+  }
+  const int64_t* ord = packed ? order.data() : nullptr;
+  // Enough tokens per task that thread start-up is amortised (packed: rows of N / B tokens
+  // on average).
+  const int64_t row_tokens = packed ? std::max<int64_t>(1, a.T / std::max<int64_t>(1, a.B)) : a.T;
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, G * row_tokens));
   torch::stable::parallel_for(0, ngroups, grain, [&](int64_t gb, int64_t ge) {
-    scan(a, gb * G, std::min(a.B, ge * G));
+    scan(a, ord, gb * G, std::min(a.B, ge * G));
   });
 }
 

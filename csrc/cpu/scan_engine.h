@@ -63,11 +63,34 @@ SAE_INLINE void copy_out(S* dst, const S* src, int n) {
   }
 }
 
-// Rows row0 .. row0+nrows-1 (1 <= nrows <= NV * W). Forward runs t = T-1 .. 0 carrying w;
-// the adjoint runs t = 0 .. T-1 carrying u (sae_step.h).
-template <typename S, int W, int NV, bool Adjoint>
+// Which pass a scan makes: the forward (advantages, returns = advantages + values), the
+// forward with a critic chain (returns from a second carry whose lambda_t is the row's
+// lam_critic at every valid token), or the adjoint.
+enum class Pass : int { Forward, Critic, Adjoint };
+
+// Row g of a group at tile iteration ii: its tile j (tiles anchored at the row's token 0;
+// the forward walks each row's tiles from its last one), the tile's first token within the
+// row and its length; n == 0 when the row has no tile at this iteration (shorter rows of a
+// packed group finish early and idle as masked lanes).
+struct TileOf {
+  int64_t t0;
+  int n;
+};
+
+template <bool Backward>
+SAE_INLINE TileOf tile_of(int64_t len, int64_t ntiles_row, int64_t ii) {
+  const int64_t j = Backward ? ntiles_row - 1 - ii : ii;
+  if (j < 0 || j >= ntiles_row) return TileOf{0, 0};
+  return TileOf{j * kTile, int(std::min<int64_t>(kTile, len - j * kTile))};
+}
+
+// The rows rows[0 .. nrows-1] (1 <= nrows <= NV * W). Forward runs each row's t = len-1
+// .. 0 carrying w (and, Critic, the critic chain's w); the adjoint runs t = 0 .. len-1
+// carrying u (sae_step.h).
+template <typename S, int W, int NV, Pass M>
 SAE_INLINE void scan_group(const ScanArgs& a, const Consts<S, W>& cs, Layout layout, bool stream,
-                           int64_t row0, int64_t nrows) {
+                           const int64_t* rows, int64_t nrows) {
+  constexpr bool Adjoint = M == Pass::Adjoint, Critic = M == Pass::Critic;
   typedef typename Vec<S, W>::raw R;
   typedef Vec<S, W> V;
   constexpr int G = NV * W;
@@ -75,16 +98,29 @@ SAE_INLINE void scan_group(const ScanArgs& a, const Consts<S, W>& cs, Layout lay
   static_assert(kTile % W == 0, "a tile holds whole chunks");
   alignas(64) S xs[G][P], ys[G][P], ls[G][P], o0s[G][P], o1s[G][P];
   const int nv = int((nrows + W - 1) / W);
-  V carry[NV];
+  RowSpan span[G];
+  int64_t ntl[G];
+  RowLam<S, W> rl[G];
+  int64_t ntiles = 0;
+  for (int g = 0; g < nrows; ++g) {
+    span[g] = row_span(a, rows[g]);
+    ntl[g] = (span[g].len + kTile - 1) / kTile;
+    ntiles = std::max(ntiles, ntl[g]);
+    rl[g] = RowLam<S, W>(a, rows[g]);
+  }
+  V carry[NV], ccarry[NV], lcrit[NV];
   for (int v = 0; v < NV; ++v) {
-    S init[W];
+    S init[W], lc[W];
     for (int g = 0; g < W; ++g) {
       const int64_t r = v * W + g;
       init[g] = (!Adjoint && r < nrows && a.bootstrap.ptr != nullptr)
-                    ? load_number<S>(a.bootstrap.kind, a.bootstrap.ptr, (row0 + r) * a.bootstrap.sb)
+                    ? load_number<S>(a.bootstrap.kind, a.bootstrap.ptr, rows[r] * a.bootstrap.sb)
                     : S(0);
+      lc[g] = r < nrows ? rl[r].lam_critic : S(0);
     }
     memcpy(&carry[v].v, init, sizeof(init));
+    ccarry[v] = carry[v];
+    memcpy(&lcrit[v].v, lc, sizeof(lc));
   }
   // Lanes of missing rows in the last vector: masked tokens, never stored.
   for (int g = int(nrows); g < nv * W; ++g) {
@@ -92,30 +128,34 @@ SAE_INLINE void scan_group(const ScanArgs& a, const Consts<S, W>& cs, Layout lay
   }
   S* const out0 = static_cast<S*>(a.out0);
   S* const out1 = static_cast<S*>(a.out1);
-  const int64_t T = a.T;
-  const int64_t ntiles = (T + kTile - 1) / kTile;
   for (int64_t ii = 0; ii < ntiles; ++ii) {
-    const int64_t t0 = (Adjoint ? ii : ntiles - 1 - ii) * kTile;
-    const int n = int(std::min<int64_t>(kTile, T - t0));
-    const int nc = (n + W - 1) / W;
-    // Tile ip's inputs are prefetched a few rows per chunk during step 2, so that the
+    TileOf tl[G];
+    int nmax = 0;
+    for (int g = 0; g < nrows; ++g) {
+      tl[g] = tile_of<!Adjoint>(span[g].len, ntl[g], ii);
+      nmax = std::max(nmax, tl[g].n);
+    }
+    const int nc = (nmax + W - 1) / W;
+    // Each row's next tile is prefetched, a few rows per chunk during step 2, so that the
     // requests are spread over the compute instead of queueing up in one burst.
-    const int64_t ip = Adjoint ? ii + kPrefetchTiles : ntiles - 1 - ii - kPrefetchTiles;
-    const bool pf = kPrefetchTiles > 0 && ip >= 0 && ip < ntiles;
-    const int64_t tp = ip * kTile;
-    const int np = pf ? int(std::min<int64_t>(kTile, T - tp)) : 0;
     const int pf_rows = int((nrows + nc - 1) / nc);
     // 1.
-    stage_tile<S, W, P, !Adjoint>(a, cs, layout, row0, nrows, t0, n, xs, ys, ls);
+    for (int g = 0; g < nrows; ++g) {
+      stage_row<S, W, !Adjoint>(a, cs, rl[g], layout, rows[g], span[g].start + tl[g].t0, tl[g].n,
+                                nc * W, xs[g], ys[g], ls[g]);
+    }
     // 2.
     for (int cc = 0; cc < nc; ++cc) {
       const int k0 = (Adjoint ? cc : nc - 1 - cc) * W;
-      if (pf) {
+      if (kPrefetchTiles > 0) {
         for (int g = cc * pf_rows; g < std::min<int64_t>(nrows, (cc + 1) * pf_rows); ++g) {
-          prefetch_run(a.a, row0 + g, tp, np);
-          prefetch_run(a.b, row0 + g, tp, np);
-          prefetch_run(a.mask, row0 + g, tp, np);
-          prefetch_run(a.cut.src, row0 + g, tp, np);
+          const TileOf tp = tile_of<!Adjoint>(span[g].len, ntl[g], ii + kPrefetchTiles);
+          if (tp.n == 0) continue;
+          const int64_t t = span[g].start + tp.t0;
+          prefetch_run(a.a, rows[g], t, tp.n);
+          prefetch_run(a.b, rows[g], t, tp.n);
+          prefetch_run(a.mask, rows[g], t, tp.n);
+          prefetch_run(a.cut.src, rows[g], t, tp.n);
         }
       }
       R x[NV][W], y[NV][W], l[NV][W];
@@ -139,6 +179,12 @@ SAE_INLINE void scan_group(const ScanArgs& a, const Consts<S, W>& cs, Layout lay
           V s = carry[v], r0, r1;
           if (Adjoint) adjoint_token(V::of(x[v][k]), V::of(y[v][k]), V::of(l[v][k]), cs.gamma, s, r0, r1);
           else forward_token(V::of(x[v][k]), V::of(y[v][k]), V::of(l[v][k]), cs.gamma, s, r0, r1);
+          if (Critic) {  // same tokens, lambda_t = lam_critic: only its returns are kept
+            V sc = ccarry[v], c0, c1;
+            forward_token(V::of(x[v][k]), V::of(y[v][k]), lcrit[v], cs.gamma, sc, c0, c1);
+            r1 = c1;
+            ccarry[v].v = ok ? sc.v : ccarry[v].v;
+          }
           o0[v][k] = ok ? r0.v : R{};
           o1[v][k] = ok ? r1.v : R{};
           carry[v].v = ok ? s.v : carry[v].v;
@@ -156,12 +202,14 @@ SAE_INLINE void scan_group(const ScanArgs& a, const Consts<S, W>& cs, Layout lay
     }
     // 3.
     for (int g = 0; g < nrows; ++g) {
+      if (tl[g].n == 0) continue;
+      const int64_t off = span[g].out_offset + tl[g].t0;
       if (stream) {
-        copy_out<S, W, !Adjoint, true>(out0 + (row0 + g) * T + t0, o0s[g], n);
-        copy_out<S, W, !Adjoint, true>(out1 + (row0 + g) * T + t0, o1s[g], n);
+        copy_out<S, W, !Adjoint, true>(out0 + off, o0s[g], tl[g].n);
+        copy_out<S, W, !Adjoint, true>(out1 + off, o1s[g], tl[g].n);
       } else {
-        copy_out<S, W, !Adjoint, false>(out0 + (row0 + g) * T + t0, o0s[g], n);
-        copy_out<S, W, !Adjoint, false>(out1 + (row0 + g) * T + t0, o1s[g], n);
+        copy_out<S, W, !Adjoint, false>(out0 + off, o0s[g], tl[g].n);
+        copy_out<S, W, !Adjoint, false>(out1 + off, o1s[g], tl[g].n);
       }
     }
   }
@@ -169,7 +217,7 @@ SAE_INLINE void scan_group(const ScanArgs& a, const Consts<S, W>& cs, Layout lay
     for (int v = 0; v < nv; ++v) {
       S u[W];
       memcpy(u, &carry[v].v, sizeof(u));
-      for (int g = 0; g < W && v * W + g < nrows; ++g) static_cast<S*>(a.out2)[row0 + v * W + g] = u[g];
+      for (int g = 0; g < W && v * W + g < nrows; ++g) static_cast<S*>(a.out2)[rows[v * W + g]] = u[g];
     }
   }
 }
@@ -178,32 +226,36 @@ SAE_INLINE void scan_group(const ScanArgs& a, const Consts<S, W>& cs, Layout lay
 // spend nearly all of its work transposing empty lanes, so the row is staged as usual and
 // the recursion runs in scalar code. It makes the same IEEE operations in the same order as
 // a vector lane, so the results are bitwise those the row gets inside a group.
-template <typename S, int W, bool Adjoint>
+template <typename S, int W, Pass M>
 SAE_INLINE void scan_one_row(const ScanArgs& a, const Consts<S, W>& cs, Layout layout, bool stream,
                              int64_t row) {
+  constexpr bool Adjoint = M == Pass::Adjoint, Critic = M == Pass::Critic;
   constexpr int P = kTile + W;
   alignas(64) S xs[1][P], ys[1][P], ls[1][P], o0s[P], o1s[P];
   const S gamma = S(a.p.gamma);
+  const RowSpan span = row_span(a, row);
+  const RowLam<S, W> rl(a, row);
+  const S lcrit = rl.lam_critic;
   S carry = (!Adjoint && a.bootstrap.ptr != nullptr)
                 ? load_number<S>(a.bootstrap.kind, a.bootstrap.ptr, row * a.bootstrap.sb)
                 : S(0);
-  S* const out0 = static_cast<S*>(a.out0) + row * a.T;
-  S* const out1 = static_cast<S*>(a.out1) + row * a.T;
-  const int64_t T = a.T;
-  const int64_t ntiles = (T + kTile - 1) / kTile;
+  S ccarry = carry;
+  S* const out0 = static_cast<S*>(a.out0) + span.out_offset;
+  S* const out1 = static_cast<S*>(a.out1) + span.out_offset;
+  const int64_t ntiles = (span.len + kTile - 1) / kTile;
   for (int64_t ii = 0; ii < ntiles; ++ii) {
-    const int64_t t0 = (Adjoint ? ii : ntiles - 1 - ii) * kTile;
-    const int n = int(std::min<int64_t>(kTile, T - t0));
-    const int64_t ip = Adjoint ? ii + kPrefetchTiles : ntiles - 1 - ii - kPrefetchTiles;
-    if (kPrefetchTiles > 0 && ip >= 0 && ip < ntiles) {
-      const int64_t tp = ip * kTile;
-      const int np = int(std::min<int64_t>(kTile, T - tp));
-      prefetch_run(a.a, row, tp, np);
-      prefetch_run(a.b, row, tp, np);
-      prefetch_run(a.mask, row, tp, np);
-      prefetch_run(a.cut.src, row, tp, np);
+    const TileOf tl = tile_of<!Adjoint>(span.len, ntiles, ii);
+    const int64_t t0 = tl.t0;
+    const int n = tl.n;
+    const TileOf tp = tile_of<!Adjoint>(span.len, ntiles, ii + kPrefetchTiles);
+    if (kPrefetchTiles > 0 && tp.n > 0) {
+      prefetch_run(a.a, row, span.start + tp.t0, tp.n);
+      prefetch_run(a.b, row, span.start + tp.t0, tp.n);
+      prefetch_run(a.mask, row, span.start + tp.t0, tp.n);
+      prefetch_run(a.cut.src, row, span.start + tp.t0, tp.n);
     }
-    stage_tile<S, W, P, !Adjoint>(a, cs, layout, row, 1, t0, n, xs, ys, ls);
+    stage_row<S, W, !Adjoint>(a, cs, rl, layout, row, span.start + t0, n, (n + W - 1) / W * W,
+                              xs[0], ys[0], ls[0]);
     for (int j = 0; j < n; ++j) {
       const int k = Adjoint ? j : n - 1 - j;
       const S l = ls[0][k];
@@ -211,6 +263,10 @@ SAE_INLINE void scan_one_row(const ScanArgs& a, const Consts<S, W>& cs, Layout l
         S r0, r1;
         if (Adjoint) adjoint_token(xs[0][k], ys[0][k], l, gamma, carry, r0, r1);
         else forward_token(xs[0][k], ys[0][k], l, gamma, carry, r0, r1);
+        if (Critic) {
+          S c0;
+          forward_token(xs[0][k], ys[0][k], lcrit, gamma, ccarry, c0, r1);
+        }
         o0s[k] = r0;
         o1s[k] = r1;
       } else {
@@ -228,17 +284,20 @@ SAE_INLINE void scan_one_row(const ScanArgs& a, const Consts<S, W>& cs, Layout l
   if (Adjoint) static_cast<S*>(a.out2)[row] = carry;
 }
 
-// Rows [begin, end) in groups of NV * W.
-template <typename S, int W, int NV, bool Adjoint>
-SAE_INLINE void scan_rows(const ScanArgs& a, int64_t begin, int64_t end) {
+// Rows order[begin .. end) (order null: rows begin .. end-1) in groups of NV * W.
+template <typename S, int W, int NV, Pass M>
+SAE_INLINE void scan_rows(const ScanArgs& a, const int64_t* order, int64_t begin, int64_t end) {
   const Consts<S, W> cs(a.p);
   const Layout layout = layout_of(a);
   // Outputs too large to stay cached are written with streaming stores.
-  const bool stream = 2 * a.B * a.T * int64_t(sizeof(S)) >= kStreamBytes;
-  for (int64_t row0 = begin; row0 < end; row0 += NV * W) {
-    const int64_t nrows = std::min<int64_t>(NV * W, end - row0);
-    if (nrows == 1) scan_one_row<S, W, Adjoint>(a, cs, layout, stream, row0);
-    else scan_group<S, W, NV, Adjoint>(a, cs, layout, stream, row0, nrows);
+  const int64_t tokens = a.cu.ptr != nullptr ? a.T : a.B * a.T;
+  const bool stream = 2 * tokens * int64_t(sizeof(S)) >= kStreamBytes;
+  int64_t rows[NV * W];
+  for (int64_t i0 = begin; i0 < end; i0 += NV * W) {
+    const int64_t nrows = std::min<int64_t>(NV * W, end - i0);
+    for (int g = 0; g < nrows; ++g) rows[g] = order != nullptr ? order[i0 + g] : i0 + g;
+    if (nrows == 1) scan_one_row<S, W, M>(a, cs, layout, stream, rows[0]);
+    else scan_group<S, W, NV, M>(a, cs, layout, stream, rows, nrows);
   }
 #if SAE_X86
   if (stream) __asm__ __volatile__("sfence" ::: "memory");  // order the streaming stores

@@ -106,6 +106,10 @@ template <typename I, int W>
 SAE_INLINE void stage_nonzero(const Mat& m, int64_t row, int64_t t0, int n, I* dst) {
   typedef vec_t<I, W> M;
   int k = 0;
+  if (m.ptr == nullptr) {  // an absent mask: every token valid
+    for (; k < n; ++k) dst[k] = I(-1);
+    return;
+  }
   if (m.st == 1 && m.kind == Kind::B8) {
     const uint8_t* p = static_cast<const uint8_t*>(m.ptr) + row * m.sb + t0;
     for (; k + W <= n; k += W) {
@@ -124,6 +128,10 @@ SAE_INLINE void stage_nonzero(const Mat& m, int64_t row, int64_t t0, int n, I* d
 template <typename I, int W>
 SAE_INLINE void stage_cut(const CutSource& c, const Params& p, int64_t row, int64_t t0, int n,
                           I* dst) {
+  if (c.src.ptr == nullptr) {  // no cut source: no token starts a segment
+    for (int k = 0; k < n; ++k) dst[k] = I(0);
+    return;
+  }
   if (!c.from_logprobs) return stage_nonzero<I, W>(c.src, row, t0, n, dst);
   typedef vec_t<I, W> M;
   const Mat& m = c.src;
@@ -161,21 +169,34 @@ SAE_INLINE void stage_cut(const CutSource& c, const Params& p, int64_t row, int6
 // Per-call constants, as vectors.
 template <typename S, int W>
 struct Consts {
-  vec_t<S, W> lam, lam_inner, invalid;
+  vec_t<S, W> invalid;
   Vec<S, W> gamma;
   explicit Consts(const Params& p) {
-    lam = vec_t<S, W>{} + S(p.lam);
-    lam_inner = vec_t<S, W>{} + S(p.lam_inner);
     invalid = vec_t<S, W>{} + S(-1);
     gamma = Vec<S, W>(S(p.gamma));
+  }
+};
+
+// One row's lambdas (row_lambdas() of sae_elem.h: its own where given, else the call's),
+// broadcast to vectors for staging.
+template <typename S, int W>
+struct RowLam {
+  vec_t<S, W> lam, lam_inner;
+  S lam_critic;
+  SAE_INLINE RowLam() = default;
+  SAE_INLINE RowLam(const ScanArgs& a, int64_t row) {
+    const RowLambdas<S> l = row_lambdas<S>(a, row);
+    lam = vec_t<S, W>{} + l.lam;
+    lam_inner = vec_t<S, W>{} + l.lam_inner;
+    lam_critic = l.lam_critic;
   }
 };
 
 // Step 1 for one row: lambda_t (lam or lam_inner on valid tokens, -1 on masked ones) for
 // tokens t0 .. t0+n-1, padded with masked tokens to a multiple of W.
 template <typename S, int W>
-SAE_INLINE void stage_lambda(const ScanArgs& a, const Consts<S, W>& cs, int64_t row, int64_t t0,
-                             int n, S* ls) {
+SAE_INLINE void stage_lambda(const ScanArgs& a, const Consts<S, W>& cs, const RowLam<S, W>& rl,
+                             int64_t row, int64_t t0, int n, S* ls) {
   typedef typename Vec<S, W>::I I;
   typedef vec_t<I, W> M;
   typedef vec_t<S, W> R;
@@ -183,41 +204,52 @@ SAE_INLINE void stage_lambda(const ScanArgs& a, const Consts<S, W>& cs, int64_t 
   stage_nonzero<I, W>(a.mask, row, t0, n, valid);
   stage_cut<I, W>(a.cut, a.p, row, t0, n, cut);
   const int nw = (n + W - 1) / W * W;
-  for (int k = n; k < nw; ++k) valid[k] = 0;
+  for (int k = n; k < nw; ++k) valid[k] = cut[k] = 0;
   for (int k = 0; k < nw; k += W) {
     const M v = loadu<M>(valid + k), c = loadu<M>(cut + k);
-    storeu<R>(ls + k, v ? (c ? cs.lam : cs.lam_inner) : cs.invalid);
+    storeu<R>(ls + k, v ? (c ? rl.lam : rl.lam_inner) : cs.invalid);
   }
 }
 
 // Step 1 for the common layouts, one straight loop per row: rewards and values both
-// contiguous float32 (K = F32) or both bfloat16, a contiguous one-byte mask, and contiguous
-// log-probs of the same dtype (LP) or contiguous bool boundaries.
-enum class Layout { Generic, F32_LP, F32_BD, BF16_LP, BF16_BD };
+// contiguous float32 or both bfloat16 (K); log-probs of the same dtype contiguous, bool
+// boundaries contiguous, or no cut source at all (GAE mode: nothing read for it); a
+// contiguous one-byte mask or none. Everything else takes the generic path.
+enum class CutIn : int { LP, BD, None };
+
+struct Layout {
+  bool fast;
+  int code;  // (K == BF16) * 6 + CutIn * 2 + (no mask)
+};
 
 inline Layout layout_of(const ScanArgs& a) {
   const auto contiguous = [](const Mat& m) { return m.ptr != nullptr && m.st == 1; };
-  if (!contiguous(a.a) || !contiguous(a.b) || !contiguous(a.mask) || !contiguous(a.cut.src) ||
-      a.a.kind != a.b.kind || a.mask.kind != Kind::B8)
-    return Layout::Generic;
+  const Layout generic{false, 0};
+  if (!contiguous(a.a) || !contiguous(a.b) || a.a.kind != a.b.kind) return generic;
   const Kind k = a.a.kind;
-  const bool lp = a.cut.from_logprobs;
-  if (lp ? a.cut.src.kind != k : a.cut.src.kind != Kind::B8) return Layout::Generic;
-  if (k == Kind::F32) return lp ? Layout::F32_LP : Layout::F32_BD;
-  if (k == Kind::BF16) return lp ? Layout::BF16_LP : Layout::BF16_BD;
-  return Layout::Generic;
+  if (k != Kind::F32 && k != Kind::BF16) return generic;
+  const bool no_mask = a.mask.ptr == nullptr;
+  if (!no_mask && (a.mask.st != 1 || a.mask.kind != Kind::B8)) return generic;
+  CutIn cut = CutIn::None;
+  if (a.cut.src.ptr != nullptr) {
+    if (a.cut.src.st != 1) return generic;
+    cut = a.cut.from_logprobs ? CutIn::LP : CutIn::BD;
+    if (cut == CutIn::LP ? a.cut.src.kind != k : a.cut.src.kind != Kind::B8) return generic;
+  }
+  return Layout{true, (k == Kind::BF16) * 6 + int(cut) * 2 + int(no_mask)};
 }
 
-template <typename S, int W, Kind K, bool LP, bool Backward>
-SAE_INLINE void stage_row_fast(const ScanArgs& a, const Consts<S, W>& cs, int64_t row, int64_t t0,
-                               int n, S* xs, S* ys, S* ls) {
+template <typename S, int W, Kind K, CutIn C, bool NoMask, bool Backward>
+SAE_INLINE void stage_row_fast(const ScanArgs& a, const Consts<S, W>& cs, const RowLam<S, W>& rl,
+                               int64_t row, int64_t t0, int n, S* xs, S* ys, S* ls) {
   typedef vec_t<S, W> R;
   typedef vec_t<typename Vec<S, W>::I, W> M;
   constexpr int es = K == Kind::BF16 ? 2 : 4;
   const char* pa = static_cast<const char*>(a.a.ptr) + (row * a.a.sb + t0) * es;
   const char* pb = static_cast<const char*>(a.b.ptr) + (row * a.b.sb + t0) * es;
-  const uint8_t* pm = static_cast<const uint8_t*>(a.mask.ptr) + row * a.mask.sb + t0;
-  const char* pc = static_cast<const char*>(a.cut.src.ptr) + (row * a.cut.src.sb + t0) * (LP ? es : 1);
+  const uint8_t* pm = NoMask ? nullptr : static_cast<const uint8_t*>(a.mask.ptr) + row * a.mask.sb + t0;
+  const char* pc = C == CutIn::None ? nullptr
+                 : static_cast<const char*>(a.cut.src.ptr) + (row * a.cut.src.sb + t0) * (C == CutIn::LP ? es : 1);
   const float thr = a.p.log_p32;
   // Runs are read in the direction the scan walks the row, so that the hardware
   // prefetchers, which follow descending streams too, run ahead into the next tile.
@@ -225,40 +257,60 @@ SAE_INLINE void stage_row_fast(const ScanArgs& a, const Consts<S, W>& cs, int64_
     const int k = Backward ? n - W - kk : kk;
     storeu<R>(xs + k, __builtin_convertvector(f32_lanes<W>(K, pa + k * es), R));
     storeu<R>(ys + k, __builtin_convertvector(f32_lanes<W>(K, pb + k * es), R));
-    const M valid = __builtin_convertvector(loadu<vec_t<uint8_t, W>>(pm + k) != 0, M);
+    if (C == CutIn::None) {
+      if (NoMask) storeu<R>(ls + k, rl.lam_inner);
+      else {
+        const M valid = __builtin_convertvector(loadu<vec_t<uint8_t, W>>(pm + k) != 0, M);
+        storeu<R>(ls + k, valid ? rl.lam_inner : cs.invalid);
+      }
+      continue;
+    }
     M cut;
-    if (LP) cut = __builtin_convertvector(f32_lanes<W>(K, pc + k * es) < thr, M);  // NaN: false
+    if (C == CutIn::LP) cut = __builtin_convertvector(f32_lanes<W>(K, pc + k * es) < thr, M);  // NaN: false
     else cut = __builtin_convertvector(loadu<vec_t<uint8_t, W>>(pc + k) != 0, M);
-    storeu<R>(ls + k, valid ? (cut ? cs.lam : cs.lam_inner) : cs.invalid);
+    if (NoMask) {
+      storeu<R>(ls + k, cut ? rl.lam : rl.lam_inner);
+    } else {
+      const M valid = __builtin_convertvector(loadu<vec_t<uint8_t, W>>(pm + k) != 0, M);
+      storeu<R>(ls + k, valid ? (cut ? rl.lam : rl.lam_inner) : cs.invalid);
+    }
   }
 }
 
-// Step 1 for rows row0 .. row0+nrows-1, tokens t0 .. t0+n-1 (a full tile unless it is the
-// rows' last, partial one, which takes the generic path).
-template <typename S, int W, int P, bool Backward>
-SAE_INLINE void stage_tile(const ScanArgs& a, const Consts<S, W>& cs, Layout layout, int64_t row0,
-                           int64_t nrows, int64_t t0, int n, S (*xs)[P], S (*ys)[P], S (*ls)[P]) {
-  if (n % W != 0) layout = Layout::Generic;
-  switch (layout) {
-    case Layout::F32_LP:
-      for (int g = 0; g < nrows; ++g) stage_row_fast<S, W, Kind::F32, true, Backward>(a, cs, row0 + g, t0, n, xs[g], ys[g], ls[g]);
-      return;
-    case Layout::F32_BD:
-      for (int g = 0; g < nrows; ++g) stage_row_fast<S, W, Kind::F32, false, Backward>(a, cs, row0 + g, t0, n, xs[g], ys[g], ls[g]);
-      return;
-    case Layout::BF16_LP:
-      for (int g = 0; g < nrows; ++g) stage_row_fast<S, W, Kind::BF16, true, Backward>(a, cs, row0 + g, t0, n, xs[g], ys[g], ls[g]);
-      return;
-    case Layout::BF16_BD:
-      for (int g = 0; g < nrows; ++g) stage_row_fast<S, W, Kind::BF16, false, Backward>(a, cs, row0 + g, t0, n, xs[g], ys[g], ls[g]);
-      return;
-    default:
-      for (int g = 0; g < nrows; ++g) {
-        stage_numbers<S, W>(a.a, row0 + g, t0, n, xs[g]);
-        stage_numbers<S, W>(a.b, row0 + g, t0, n, ys[g]);
-        stage_lambda<S, W>(a, cs, row0 + g, t0, n, ls[g]);
-      }
+// Step 1 for one row, tokens t0 .. t0+n-1 (element (row, t) of each Mat; packed rows pass
+// their start in t0), padded with masked tokens up to `upto` (a multiple of W, >= n). A
+// run that is not whole chunks (a row's last, partial tile) takes the generic path.
+template <typename S, int W, bool Backward>
+SAE_INLINE void stage_row(const ScanArgs& a, const Consts<S, W>& cs, const RowLam<S, W>& rl,
+                          Layout layout, int64_t row, int64_t t0, int n, int upto, S* xs, S* ys,
+                          S* ls) {
+  int done = n;
+  if (layout.fast && n % W == 0) {
+    switch (layout.code) {
+#define SAE_FAST(code, K, C, NM) \
+  case code: stage_row_fast<S, W, K, C, NM, Backward>(a, cs, rl, row, t0, n, xs, ys, ls); break;
+      SAE_FAST(0, Kind::F32, CutIn::LP, false)
+      SAE_FAST(1, Kind::F32, CutIn::LP, true)
+      SAE_FAST(2, Kind::F32, CutIn::BD, false)
+      SAE_FAST(3, Kind::F32, CutIn::BD, true)
+      SAE_FAST(4, Kind::F32, CutIn::None, false)
+      SAE_FAST(5, Kind::F32, CutIn::None, true)
+      SAE_FAST(6, Kind::BF16, CutIn::LP, false)
+      SAE_FAST(7, Kind::BF16, CutIn::LP, true)
+      SAE_FAST(8, Kind::BF16, CutIn::BD, false)
+      SAE_FAST(9, Kind::BF16, CutIn::BD, true)
+      SAE_FAST(10, Kind::BF16, CutIn::None, false)
+      SAE_FAST(11, Kind::BF16, CutIn::None, true)
+#undef SAE_FAST
+      default: break;
+    }
+  } else {
+    stage_numbers<S, W>(a.a, row, t0, n, xs);
+    stage_numbers<S, W>(a.b, row, t0, n, ys);
+    stage_lambda<S, W>(a, cs, rl, row, t0, n, ls);
+    done = (n + W - 1) / W * W;
   }
+  for (int k = done; k < upto; ++k) xs[k] = ys[k] = S(0), ls[k] = S(-1);
 }
 
 }  // namespace cpu

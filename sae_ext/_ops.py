@@ -128,9 +128,7 @@ def gae(
     Returns ``(advantages, returns)`` as :func:`advantages` does.
     """
     lam_f, _, var = _lambdas(_rows(rewards), lam, lam, lam_critic)
-    # TEMPORARY until the kernels read an absent cut source: values stand in for the
-    # log-probs (threshold 0 never cuts).
-    return torch.ops.sae.advantages(rewards, values, values, mask, gamma, lam_f, lam_f, 0.0,
+    return torch.ops.sae.advantages(rewards, values, None, mask, gamma, lam_f, lam_f, 0.0,
                                     bootstrap, **var)
 
 

@@ -26,16 +26,6 @@ Options variants(const OptTensor& lam_rows, const OptTensor& lam_inner_rows,
   return o;
 }
 
-// TEMPORARY (removed when the CPU kernels of issue 12 land): the arguments the scan does not
-// read yet are refused rather than ignored.
-void require_kernel_support(const ScanArgs& a) {
-  if (a.B == 0 || a.T == 0) return;  // empty tensors have null data pointers
-  SAE_CHECK(a.cu.ptr == nullptr && !a.critic && a.mask.ptr != nullptr && a.cut.src.ptr != nullptr &&
-                a.lam_rows.ptr == nullptr && a.lam_inner_rows.ptr == nullptr,
-            "sae (CPU): this build's kernels do not support per-row lambdas, lam_critic, packed "
-            "rows, an absent mask or absent logprobs yet");
-}
-
 std::tuple<Tensor, Tensor> advantages_cpu(
     const Tensor& rewards, const Tensor& values, const OptTensor& logprobs, const OptTensor& mask,
     double gamma, double lam, double lam_inner, double threshold, const OptTensor& bootstrap,
@@ -45,7 +35,6 @@ std::tuple<Tensor, Tensor> advantages_cpu(
       "sae.advantages", DeviceType::CPU, rewards, values, logprobs, true, mask, gamma, lam,
       lam_inner, threshold, bootstrap,
       variants(lam_rows, lam_inner_rows, lam_critic, lam_critic_rows, cu_seqlens));
-  require_kernel_support(pr.args);
   cpu::scan_all_rows<false>(pr.args, pr.use_double);
   return {pr.out0, pr.out1};
 }
@@ -61,7 +50,6 @@ std::tuple<Tensor, Tensor> advantages_out_cpu(
   o.out1 = out_returns;
   Prepared pr = prepare_forward("sae.advantages.out", DeviceType::CPU, rewards, values, logprobs,
                                 true, mask, gamma, lam, lam_inner, threshold, bootstrap, o);
-  require_kernel_support(pr.args);
   cpu::scan_all_rows<false>(pr.args, pr.use_double);
   return {out_advantages, out_returns};
 }
@@ -75,7 +63,6 @@ std::tuple<Tensor, Tensor> advantages_from_boundaries_cpu(
       "sae.advantages_from_boundaries", DeviceType::CPU, rewards, values, boundaries, false, mask,
       gamma, lam, lam_inner, 0.0, bootstrap,
       variants(lam_rows, lam_inner_rows, lam_critic, lam_critic_rows, cu_seqlens));
-  require_kernel_support(pr.args);
   cpu::scan_all_rows<false>(pr.args, pr.use_double);
   return {pr.out0, pr.out1};
 }
@@ -89,7 +76,6 @@ std::tuple<Tensor, Tensor, Tensor> advantages_backward_cpu(
       "sae.advantages_backward", DeviceType::CPU, grad_advantages, grad_returns, mask, logprobs,
       boundaries, gamma, lam, lam_inner, threshold,
       variants(lam_rows, lam_inner_rows, std::nullopt, std::nullopt, cu_seqlens));
-  require_kernel_support(pr.args);
   cpu::scan_all_rows<true>(pr.args, pr.use_double);
   return {pr.out0, pr.out1, pr.out2};
 }

@@ -87,8 +87,8 @@ def _cases(n):
     r, v, lp, m, _ = make_rollout(B, T, seed=30 + n, dtype=torch.float64, mask_kind="mixed")
     cases["vapo_f64"] = ("advantages", dict(rewards=r, values=v, logprobs=lp, mask=m),
                          _widths(n, T, 5),
-                         dict(lam=sae_ext.length_adaptive_lam(m, alpha=0.1), lam_critic=torch.linspace(
-                             0.5, 1.0, B, dtype=torch.float64)))
+                         dict(lam=sae_ext.length_adaptive_lam(m, alpha=0.1),
+                              lam_critic=torch.linspace(0.5, 1.0, B, dtype=torch.float64)))
 
     r, v, _, m, boot = make_rollout(B, T, seed=40 + n, mask_kind="random", reward_kind="dense")
     cases["gae_f32"] = ("gae", dict(rewards=r, values=v, mask=m), _widths(n, T, 6),

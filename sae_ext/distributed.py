@@ -114,8 +114,8 @@ def _run(mode, rewards, values, logprobs, mask, gamma, lam, lam_inner, threshold
     header = torch.zeros(len(_HEADER), dtype=torch.float64)
     try:
         lam_f, inner_f, var = _ops._lambdas(_ops._rows(rewards), lam, lam_inner, lam_critic)
-        _validation.check_forward("sae.advantages", rewards, values, logprobs, True, mask, bootstrap,
-                                  gamma, lam_f, inner_f, threshold, **var)
+        _validation.check_forward("sae.advantages", rewards, values, logprobs, True, mask,
+                                  bootstrap, gamma, lam_f, inner_f, threshold, **var)
         grads = [t for t in (rewards, values, bootstrap) if t is not None and t.requires_grad]
         if grads and torch.is_grad_enabled():
             raise RuntimeError(f"{name}: gradients do not flow across shards; call it under "
@@ -176,10 +176,8 @@ def _run(mode, rewards, values, logprobs, mask, gamma, lam, lam_inner, threshold
         parts = None
     else:
         parts = _gather(payload, n, group, comm)
-        ncol = 5 if lam_critic is None else 8
         lam_cols = [2, 3] + ([7] if lam_critic is not None else [])
         for j, p in enumerate(parts):
-            assert p.shape == (B, ncol)  # the header agreed on B and on lam_critic
             bad = [col for col in lam_cols if not torch.equal(p[:, col], parts[k][:, col])]
             if bad:
                 what = {2: "`lam`", 3: "`lam_inner`" if mode == "advantages" else "`lam`",

@@ -25,8 +25,9 @@ op applies; the carries are composed in float64. In float64 the result agrees wi
 unsharded op to rounding (relative ~1e-15 times the row length). In float32 the carry is
 within half a float32 ulp of the exact value of the float32-parameter recursion (the unsharded
 kernel's carry has accumulated float32 rounding instead), so each rank is within
-flash-attention's criterion of the float64 reference and the last rank, whose carry is the
-user's bootstrap, is bit for bit the unsharded op's.
+flash-attention's criterion of the float64 reference; on CPU the last rank, whose carry is
+the user's bootstrap, is bit for bit the unsharded op's (the CPU kernel walks each row token
+by token, so a row's last columns do not depend on what precedes them).
 
 Not differentiable across shards (the carries are plain numbers): inputs that require grad
 are an error. Works with gloo (CPU tensors) and NCCL (CUDA tensors; the exchanged scalars go
@@ -245,7 +246,7 @@ def advantages(
     shard); other ranks may pass it too or None. Returns this rank's columns of the unsharded
     ``(advantages, returns)``. Collective: every rank of the group must call it. Precision:
     see the module's docstring (float64: agrees with the unsharded op to rounding; float32:
-    within flash-attention's criterion, bit for bit on the last rank)."""
+    within flash-attention's criterion, bit for bit on the last rank on CPU)."""
     return _run("advantages", rewards, values, logprobs, mask, gamma, lam, lam_inner, threshold,
                 bootstrap, lam_critic, group)
 

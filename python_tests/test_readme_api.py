@@ -42,4 +42,14 @@ def test_readme_api_block_runs():
     # The last call, on one rank, is the unsharded op.
     want = sae_ext.advantages(env["rewards"], env["values"], env["logprobs"], env["mask"], lam=0.5)
     assert torch.equal(env["adv"], want[0]) and torch.equal(env["ret"], want[1])
-    assert env["adv_n"].shape == (N,) and env["lam_b"].shape == (B,)
+    # Packed rows equal the padded op on each row.
+    cu = env["cu_seqlens"].tolist()
+    for b in range(B):
+        lo, hi = cu[b], cu[b + 1]
+        if hi == lo:
+            continue
+        row = [env[k][lo:hi].unsqueeze(0) for k in ("rewards_n", "values_n", "logprobs_n")]
+        padded, _ = sae_ext.advantages(*row, torch.ones(1, hi - lo, dtype=torch.bool), lam=0.5)
+        assert torch.equal(env["adv_n"][lo:hi], padded[0])
+    n_valid = env["mask"].sum(1).double()
+    assert torch.allclose(env["lam_b"].double(), (1 - 1 / (0.05 * n_valid)).clamp(0, 1))

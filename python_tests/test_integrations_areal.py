@@ -15,10 +15,6 @@ from sae_ext.integrations import areal as sae_areal
 
 ATOL = 2e-5
 MASK_DTYPES = [torch.float32, torch.int64, torch.bool]
-# The one condition for every per-sample-λ test: the ops' per-row λ API.
-needs_per_row_lam = pytest.mark.skipif(
-    not hasattr(sae_ext, "length_adaptive_lam"),
-    reason="per-sample λ needs sae_ext's per-row λ API (sae_ext.length_adaptive_lam)")
 
 
 def _try_areal_actor():
@@ -129,7 +125,6 @@ def test_bad_shapes_are_named():
 # Per-sample λ (switch on with the ops' per-row λ)
 # ------------------------------------------------------------------------------------------
 
-@needs_per_row_lam
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("holes", [False, True])
 def test_per_sample_lam_equals_areal(device, holes):
@@ -152,7 +147,6 @@ def test_per_sample_lam_equals_areal(device, holes):
         torch.testing.assert_close(sae_adv.cpu().double(), exp, atol=ATOL, rtol=0)
 
 
-@needs_per_row_lam
 def test_vapo_lam_equals_areals():
     _, _, _, m, _ = areal_batch(seed=12)
     m[1] = 0

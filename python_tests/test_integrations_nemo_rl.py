@@ -13,10 +13,6 @@ from sae_ext.integrations import nemo_rl as sae_nemo
 
 ATOL = 2e-5
 MASK_DTYPES = [torch.float32, torch.int64, torch.bool]
-# The one condition for every per-sample / decoupled λ test: the ops' per-row λ API.
-needs_per_row_lam = pytest.mark.skipif(
-    not hasattr(sae_ext, "length_adaptive_lam"),
-    reason="per-sample λ needs sae_ext's per-row λ API (sae_ext.length_adaptive_lam)")
 
 LOSS_CONFIG = types.SimpleNamespace(use_kl_in_reward=False, reference_policy_kl_penalty=0.0,
                                     reference_policy_kl_type="k3")
@@ -120,7 +116,6 @@ def test_install_replaces_the_name_nemo_rls_factory_looks_up():
 # Per-sample and decoupled λ (switch on with the ops' per-row λ)
 # ------------------------------------------------------------------------------------------
 
-@needs_per_row_lam
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("holes", [False, True])
 @pytest.mark.parametrize("settings", [

@@ -23,13 +23,3 @@ is absent. See docs/integrations.md.
 
 __all__ = ["areal", "nemo_rl", "openrlhf", "skyrl", "slime", "trl", "verl"]
 
-
-def _require_per_row_lam(who: str) -> None:
-    """Per-sample λ goes straight to the ops' per-row λ (``lam=Tensor[B]``); builds of sae_ext
-    from before that API (marked by ``sae_ext.length_adaptive_lam``) cannot run it."""
-    import sae_ext
-
-    if not hasattr(sae_ext, "length_adaptive_lam"):
-        raise NotImplementedError(
-            f"{who}: per-sample λ needs the ops' per-row λ (sae_ext.advantages/gae with "
-            "lam=Tensor[B], sae_ext.length_adaptive_lam), which this sae_ext build lacks")

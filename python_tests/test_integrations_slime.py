@@ -7,11 +7,10 @@ import argparse
 import pytest
 import torch
 
-from _framework_sources import (DEVICES, device_or_skip, sae_loop, slime_batch,
-                                slime_chunked_gae, slime_ppo_rewards, slime_vanilla_gae)
+from _framework_sources import (DEVICES, device_or_skip, slime_batch, slime_chunked_gae,
+                                slime_ppo_rewards, slime_vanilla_gae)
+from _integrations_common import ATOL, sae_oracle
 from sae_ext.integrations import slime as sae_slime
-
-ATOL = 2e-5
 
 
 def _samples(seed, B=6, lengths=None, device="cpu"):
@@ -79,7 +78,7 @@ def test_sae_in_slimes_conventions():
     pad = lambda xs: torch.stack([torch.nn.functional.pad(x.double(), (0, T - len(x)))
                                   for x in xs])
     steps = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]
-    ref_adv, ref_ret = sae_loop(pad(r), pad(v), pad(lp), steps, steps, 1.0, 0.5, 1.0, 0.3)
+    ref_adv, ref_ret = sae_oracle(pad(r), pad(v), pad(lp), steps, steps, 1.0, 0.5, 1.0, 0.3)
     _close(adv, [ref_adv[i, :L] for i, L in enumerate(lengths)])
     _close(ret, [ref_ret[i, :L] for i, L in enumerate(lengths)])
 

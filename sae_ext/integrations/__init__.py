@@ -21,5 +21,40 @@ framework installed to compute: only the verl registration does, and it is skipp
 is absent. See docs/integrations.md.
 """
 
+import torch
+
+import sae_ext
+
 __all__ = ["areal", "nemo_rl", "openrlhf", "skyrl", "slime", "trl", "verl"]
 
+
+# Helpers more than one drop-in uses (none of them imports a framework).
+
+def _config_value(config, key, default=None):
+    """``key`` of a framework's config: a dict or an omegaconf DictConfig (``.get``), or a
+    dataclass, pydantic model or argparse namespace (an attribute). A missing key, or one set
+    to None, gives ``default``."""
+    if config is None:
+        return default
+    getter = getattr(config, "get", None)
+    if callable(getter):
+        try:
+            value = getter(key, default)
+        except Exception:  # a structured config without the key
+            value = default
+    else:
+        value = getattr(config, key, default)
+    return default if value is None else value
+
+
+def _whiten_unbiased(advantages, mask):
+    """verl's and SkyRL's ``masked_whiten`` (the same computation in both): mean and unbiased
+    variance over the valid tokens of the whole batch, ``(x - mean) * rsqrt(var + 1e-8)``.
+    Like them, refuses fewer than two valid tokens (the unbiased variance is undefined).
+    Masked positions come out 0 (both leave whitened values there that their losses mask)."""
+    n = int(torch.count_nonzero(mask))
+    if n == 0:
+        raise ValueError("At least one element in the mask has to be 1.")
+    if n == 1:
+        raise ValueError("The sum of the mask is one, which can cause a division by zero.")
+    return sae_ext.masked_whiten(advantages, mask, unbiased=True, shift_mean=True, eps=1e-8)

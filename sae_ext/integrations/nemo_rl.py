@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 import sae_ext
+from sae_ext.integrations import _config_value as _get
 
 __all__ = ["GeneralizedAdvantageEstimator", "TESTED_NEMO_RL_COMMIT", "TESTED_NEMO_RL_VERSION",
            "install", "whiten_like_nemo_rl"]
@@ -50,15 +51,6 @@ TESTED_NEMO_RL_VERSION = "0.7.0"
 TESTED_NEMO_RL_COMMIT = "81aa43dda4765b0429cf31dab44441e4e4383911"
 
 _PPO_MODULE = "nemo_rl.algorithms.ppo"
-
-
-def _get(config: Any, key: str, default: Any = None) -> Any:
-    """NeMo-RL's estimator config is a dict in v0.7.0 and a pydantic model later."""
-    if isinstance(config, dict):
-        value = config.get(key, default)
-    else:
-        value = getattr(config, key, default)
-    return default if value is None else value
 
 
 def whiten_like_nemo_rl(advantages: Tensor, mask: Tensor) -> Tensor:

@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 import sae_ext
+from sae_ext.integrations import _config_value
 
 __all__ = ["DEFAULTS", "TESTED_SLIME_COMMIT", "TESTED_SLIME_VERSION", "gae_advantage_function",
            "get_advantages_and_returns_batch", "get_sae_advantages_and_returns_batch",
@@ -186,11 +187,9 @@ def sae_advantage_function(args: Any, rollout_data: dict) -> None:
     key = "rollout_log_probs" if getattr(args, "use_rollout_logprobs", False) else "log_probs"
     log_probs = _require(args, rollout_data, key,
                          "SAE needs the log-probs of the sampled tokens.")
-    threshold = getattr(args, "sae_threshold", None)
-    lam_inner = getattr(args, "sae_lam_inner", None)
     adv, ret = get_sae_advantages_and_returns_batch(
         rollout_data["total_lengths"], rollout_data["response_lengths"], values,
         _ppo_rewards(args, rollout_data), log_probs, args.gamma, args.lambd,
-        lam_inner=DEFAULTS["lam_inner"] if lam_inner is None else float(lam_inner),
-        threshold=DEFAULTS["threshold"] if threshold is None else float(threshold))
+        lam_inner=float(_config_value(args, "sae_lam_inner", DEFAULTS["lam_inner"])),
+        threshold=float(_config_value(args, "sae_threshold", DEFAULTS["threshold"])))
     rollout_data["advantages"], rollout_data["returns"] = adv, ret

@@ -58,6 +58,7 @@ import torch
 from torch import Tensor
 
 import sae_ext
+from sae_ext.integrations import _config_value, _whiten_unbiased
 
 __all__ = [
     "DEFAULTS",
@@ -93,19 +94,6 @@ _CURRENT_CALL: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar(
 # Pure functions (no verl needed)
 # --------------------------------------------------------------------------------------------
 
-def _whiten_like_verl(advantages: Tensor, mask: Tensor) -> Tensor:
-    """verl's ``masked_whiten``: mean and unbiased variance over the valid tokens of the whole
-    batch, ``(x - mean) * rsqrt(var + 1e-8)``. Like verl, refuses fewer than two valid tokens
-    (the unbiased variance is undefined). Masked positions come out 0 (verl leaves them
-    whitened garbage; its losses mask them)."""
-    n = int(torch.count_nonzero(mask))
-    if n == 0:
-        raise ValueError("At least one element in the mask has to be 1.")
-    if n == 1:
-        raise ValueError("The sum of the mask is one, which can cause a division by zero.")
-    return sae_ext.masked_whiten(advantages, mask, unbiased=True, shift_mean=True, eps=1e-8)
-
-
 @torch.no_grad()
 def compute_gae_advantage_return(
     token_level_rewards: Tensor,
@@ -130,7 +118,7 @@ def compute_gae_advantage_return(
     """
     adv, ret = sae_ext.gae(token_level_rewards, values, response_mask,
                            gamma=float(gamma), lam=float(lam))
-    return _whiten_like_verl(adv, response_mask), ret
+    return _whiten_unbiased(adv, response_mask), ret
 
 
 @torch.no_grad()
@@ -156,28 +144,13 @@ def compute_sae_advantage_return(
         lam=float(lam), gamma=float(gamma), lam_inner=float(lam_inner),
         threshold=float(threshold), bootstrap=bootstrap)
     if whiten:
-        adv = _whiten_like_verl(adv, response_mask)
+        adv = _whiten_unbiased(adv, response_mask)
     return adv, ret
 
 
 # --------------------------------------------------------------------------------------------
 # The registered estimator
 # --------------------------------------------------------------------------------------------
-
-def _cfg_get(config: Any, key: str, default: Any) -> Any:
-    """Read ``key`` from a DictConfig, a dict, or a dataclass config (verl's AlgoConfig)."""
-    if config is None:
-        return default
-    getter = getattr(config, "get", None)
-    if callable(getter):
-        try:
-            value = getter(key, default)
-        except Exception:  # a structured config without the key
-            value = default
-    else:
-        value = getattr(config, key, default)
-    return default if value is None else value
-
 
 def _batch_tensor(data: Any, key: str) -> Optional[Tensor]:
     if data is None:
@@ -211,7 +184,7 @@ def sae_advantage_estimator(
     """
     call = _CURRENT_CALL.get() or {}
     data = call.get("data")
-    log_prob_key = str(_cfg_get(config, "sae_log_prob_key", DEFAULTS["log_prob_key"]))
+    log_prob_key = str(_config_value(config, "sae_log_prob_key", DEFAULTS["log_prob_key"]))
     if values is None:
         values = _batch_tensor(data, "values")
     if old_log_probs is None:
@@ -237,11 +210,11 @@ def sae_advantage_estimator(
             f"{tuple(token_level_rewards.shape)}")
     return compute_sae_advantage_return(
         token_level_rewards, values, response_mask, old_log_probs,
-        gamma=float(call["gamma"] if "gamma" in call else _cfg_get(config, "gamma", 1.0)),
-        lam=float(call["lam"] if "lam" in call else _cfg_get(config, "lam", 1.0)),
-        lam_inner=float(_cfg_get(config, "sae_lam_inner", DEFAULTS["lam_inner"])),
-        threshold=float(_cfg_get(config, "sae_threshold", DEFAULTS["threshold"])),
-        whiten=bool(_cfg_get(config, "sae_whiten", DEFAULTS["whiten"])),
+        gamma=float(call["gamma"] if "gamma" in call else _config_value(config, "gamma", 1.0)),
+        lam=float(call["lam"] if "lam" in call else _config_value(config, "lam", 1.0)),
+        lam_inner=float(_config_value(config, "sae_lam_inner", DEFAULTS["lam_inner"])),
+        threshold=float(_config_value(config, "sae_threshold", DEFAULTS["threshold"])),
+        whiten=bool(_config_value(config, "sae_whiten", DEFAULTS["whiten"])),
     )
 
 

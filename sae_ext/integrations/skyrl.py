@@ -34,15 +34,15 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import importlib.util
-import sys
+import importlib
 from typing import Any, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 import sae_ext
-from sae_ext.integrations import _config_value, _whiten_unbiased
+from sae_ext.integrations import (_config_value, _package_available, _patch_when_imported,
+                                  _whiten_unbiased)
 
 __all__ = ["DEFAULTS", "ESTIMATOR_NAME", "TESTED_SKYRL_VERSION", "compute_gae_advantage_return",
            "compute_sae_advantage_return", "install", "sae_advantage_estimator",
@@ -189,46 +189,11 @@ def install() -> None:
     """Register ``"sae"`` in SkyRL's registry, and wrap the trainer's
     ``compute_advantages_and_returns`` if ``skyrl.train.trainer`` is imported (else when it
     is). Done by importing this module when SkyRL is installed."""
-    import importlib
-
     _register(importlib.import_module(_PPO_UTILS))
-    trainer = sys.modules.get(_TRAINER)
-    if trainer is not None:
-        wrap_trainer_class(trainer.RayPPOTrainer)
-    elif not any(isinstance(f, _TrainerFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _TrainerFinder())
+    _patch_when_imported(_TRAINER, lambda module: wrap_trainer_class(module.RayPPOTrainer))
 
 
-class _TrainerFinder:
-    """Wraps RayPPOTrainer as soon as skyrl.train.trainer has been executed."""
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname != _TRAINER:
-            return None
-        import importlib.machinery
-
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
-        if spec is None or spec.loader is None:
-            return None
-        inner = spec.loader
-        exec_module = inner.exec_module
-
-        def exec_and_wrap(module):
-            exec_module(module)
-            wrap_trainer_class(module.RayPPOTrainer)
-
-        inner.exec_module = exec_and_wrap
-        return spec
-
-
-def _skyrl_available() -> bool:
-    try:
-        return importlib.util.find_spec("skyrl") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-if _skyrl_available():
+if _package_available("skyrl"):
     try:
         install()
     except Exception as exc:  # SkyRL present but its advantage code does not import here

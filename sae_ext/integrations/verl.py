@@ -47,9 +47,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import importlib.abc
-import importlib.machinery
-import importlib.util
 import inspect
 import sys
 from typing import Any, Optional, Tuple
@@ -58,7 +55,8 @@ import torch
 from torch import Tensor
 
 import sae_ext
-from sae_ext.integrations import _config_value, _whiten_unbiased
+from sae_ext.integrations import (_config_value, _package_available, _patch_pending,
+                                  _patch_when_imported, _whiten_unbiased)
 
 __all__ = [
     "DEFAULTS",
@@ -257,43 +255,6 @@ def _patch_ray_trainer(module) -> None:
             other.compute_advantage = wrapped
 
 
-class _PatchingLoader(importlib.abc.Loader):
-    def __init__(self, inner):
-        self._inner = inner
-
-    def create_module(self, spec):
-        return self._inner.create_module(spec)
-
-    def exec_module(self, module):
-        self._inner.exec_module(module)
-        _patch_ray_trainer(module)
-
-    def __getattr__(self, name):  # get_source, get_filename... for tracebacks and inspect
-        return getattr(self._inner, name)
-
-
-class _RayTrainerFinder(importlib.abc.MetaPathFinder):
-    """Wraps compute_advantage as soon as verl.trainer.ppo.ray_trainer has been executed, so
-    every module that later does ``from ...ray_trainer import compute_advantage`` binds the
-    wrapper."""
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname != _RAY_TRAINER:
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
-        if spec is None or spec.loader is None:
-            return None
-        spec.loader = _PatchingLoader(spec.loader)
-        return spec
-
-
-def _verl_available() -> bool:
-    try:
-        return importlib.util.find_spec("verl") is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def install() -> None:
     """Register ``"sae"`` in verl's estimator registry and wrap ``compute_advantage``.
     Idempotent; done by importing this module when verl is installed."""
@@ -302,11 +263,9 @@ def install() -> None:
     registry = core_algos.ADV_ESTIMATOR_REGISTRY
     if registry.get(ESTIMATOR_NAME) is not sae_advantage_estimator:
         core_algos.register_adv_est(ESTIMATOR_NAME)(sae_advantage_estimator)
-    module = sys.modules.get(_RAY_TRAINER)
-    if module is not None:
-        _patch_ray_trainer(module)
-    elif not any(isinstance(f, _RayTrainerFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _RayTrainerFinder())
+    # As soon as ray_trainer is executed, so that every module that later does
+    # ``from ...ray_trainer import compute_advantage`` binds the wrapper.
+    _patch_when_imported(_RAY_TRAINER, _patch_ray_trainer)
 
 
 def is_installed() -> bool:
@@ -317,8 +276,8 @@ def is_installed() -> bool:
     module = sys.modules.get(_RAY_TRAINER)
     if module is not None:
         return bool(getattr(module.compute_advantage, _WRAPPED_FLAG, False))
-    return any(isinstance(f, _RayTrainerFinder) for f in sys.meta_path)
+    return _patch_pending(_RAY_TRAINER)
 
 
-if _verl_available():
+if _package_available("verl"):
     install()

@@ -1,7 +1,8 @@
 """Reference loops for the AReaL, NeMo-RL and slime drop-ins, written (not copied) from each
-framework's source at the version named on each function, in float64, one token at a time,
-plus random batches in each framework's layout. Used by python_tests/test_integrations_
-{areal,nemo_rl,slime,skyrl}.py.
+framework's source at the version named on each function, in float64, one token at a time
+(one loop where two frameworks write the same one), plus batches in AReaL's layout. Used by
+python_tests/test_integrations_{areal,nemo_rl,slime,skyrl}.py; the generic batches and the
+SAE oracle are in _integrations_common.py.
 
 Sources read:
 - AReaL: areal-project/AReaL main, commit cbff54d645d2cd8ee1f1c358a82f3f473588433d (package

@@ -1,7 +1,8 @@
 """Reference loops for the AReaL, NeMo-RL and slime drop-ins, written (not copied) from each
-framework's source at the version named on each function, in float64, one token at a time,
-plus random batches in each framework's layout. Used by python_tests/test_integrations_
-{areal,nemo_rl,slime,skyrl}.py.
+framework's source at the version named on each function, in float64, one token at a time
+(one loop where two frameworks write the same one), plus batches in AReaL's layout. Used by
+python_tests/test_integrations_{areal,nemo_rl,slime,skyrl}.py; the generic batches and the
+SAE oracle are in _integrations_common.py.
 
 Sources read:
 - AReaL: areal-project/AReaL main, commit cbff54d645d2cd8ee1f1c358a82f3f473588433d (package
@@ -15,9 +16,9 @@ Sources read:
 """
 from __future__ import annotations
 
-import math
-
 import torch
+
+from _integrations_common import random_batch
 
 DEVICES = ["cpu", "cuda"]
 
@@ -34,58 +35,41 @@ def _lam_of_row(lam, b):
     return float(lam[b]) if isinstance(lam, torch.Tensor) and lam.dim() > 0 else float(lam)
 
 
-def padded_batch(B=6, T=40, *, seed=0, holes=False, prefix=0, empty_row=True, p_low=0.15):
-    """rewards, values, logprobs, mask (float 0/1), [B, T]: per row an optional masked prefix
-    (a prompt), a response of random length, trailing padding, optional holes (masked runs
-    inside the response, like tool output), one all-masked row. Values are nonzero
-    everywhere, padding included, as a critic's outputs are."""
-    g = torch.Generator().manual_seed(seed)
-    mask = torch.zeros(B, T)
-    for b in range(B):
-        n = int(torch.randint(2, T - prefix + 1, (1,), generator=g))
-        mask[b, prefix:prefix + n] = 1
-        if holes and n > 6:
-            s = prefix + int(torch.randint(1, n - 3, (1,), generator=g))
-            mask[b, s:min(s + int(torch.randint(1, 4, (1,), generator=g)), prefix + n - 1)] = 0
-    if empty_row and B > 1:
-        mask[B - 1] = 0
-    values = torch.randn(B, T, generator=g)
-    rewards = 0.05 * torch.randn(B, T, generator=g) * mask
-    for b in range(B):
-        idx = torch.nonzero(mask[b]).flatten()
-        if len(idx):
-            rewards[b, idx[-1]] += float(torch.randint(0, 2, (1,), generator=g))
-    low = torch.rand(B, T, generator=g) < p_low
-    probs = torch.where(low, 0.01 + 0.18 * torch.rand(B, T, generator=g),
-                        0.21 + 0.79 * torch.rand(B, T, generator=g))
-    return rewards, values, probs.log(), mask
+# ------------------------------------------------------------------------------------------
+# Loops two frameworks share
+# ------------------------------------------------------------------------------------------
 
-
-def sae_loop(rewards, values, logprobs, steps, starts_mask, gamma, lam, lam_inner, threshold,
-             bootstrap=None):
-    """SAE over the positions of ``steps`` (others skipped, output 0), float64: segment
-    starts are positions of ``starts_mask`` with log-prob < log(threshold); ``lam`` ([B] or
-    float) where the next step starts a segment, ``lam_inner`` elsewhere; ``bootstrap`` [B]
-    the value after each row's last step."""
-    r, v, lp = rewards.double().cpu(), values.double().cpu(), logprobs.double().cpu()
-    st, sm = (steps != 0).cpu(), (starts_mask != 0).cpu()
+def carrying_gae_loop(rewards, values, mask, gamma, lam, next_value=None):
+    """The loop AReaL (``_compute_token_level_gae``) and NeMo-RL (``_compute_gae``) both
+    write: t = T-1 .. 0, the next-value starting at ``next_value`` ([B], default 0) and the
+    advantage at 0; a position whose mask is 0 carries both and outputs the carried
+    advantage; returns = advantages + values. ``lam`` float or [B]."""
+    r, v, m = rewards.double().cpu(), values.double().cpu(), mask.double().cpu()
     B, T = r.shape
-    cut = math.log(threshold) if threshold > 0 else -math.inf
     adv = torch.zeros(B, T, dtype=torch.float64)
-    ret = torch.zeros(B, T, dtype=torch.float64)
     for b in range(B):
-        lam_b = _lam_of_row(lam, b)
-        nv = 0.0 if bootstrap is None else float(bootstrap[b])
-        na, next_starts = 0.0, False
+        lb = _lam_of_row(lam, b)
+        nv = 0.0 if next_value is None else float(next_value[b])
+        last = 0.0
         for t in reversed(range(T)):
-            if not st[b, t]:
-                continue
-            a = r[b, t].item() + gamma * nv - v[b, t].item() \
-                + gamma * (lam_b if next_starts else lam_inner) * na
-            adv[b, t], ret[b, t] = a, a + v[b, t].item()
-            nv, na = v[b, t].item(), a
-            next_starts = bool(sm[b, t]) and lp[b, t].item() < cut
-    return adv, ret
+            new = r[b, t].item() + gamma * nv - v[b, t].item() + gamma * lb * last
+            mt = m[b, t].item()
+            nv = v[b, t].item() * mt + (1 - mt) * nv
+            last = new * mt + (1 - mt) * last
+            adv[b, t] = last
+    return adv, adv + v
+
+
+def vapo_length_adaptive_loop(mask, alpha):
+    """VAPO's per-sample λ on token-level lengths L (the mask's count per row), as AReaL's
+    ``vapo_length_adaptive_gae`` (0 for L = 0, else max(0, 1 - 1/(alpha * L))) and NeMo-RL's
+    ``_resolve_lambda_policy`` (1 - 1/max(alpha * L, 1), clamped to [0, 1]) write it: the two
+    forms agree for every L >= 0 and alpha > 0."""
+    out = []
+    for row in (mask != 0).cpu():
+        n = int(row.sum())
+        out.append(0.0 if n == 0 else max(0.0, 1.0 - 1.0 / (alpha * n)))
+    return torch.tensor(out, dtype=torch.float64)
 
 
 # ------------------------------------------------------------------------------------------
@@ -93,33 +77,15 @@ def sae_loop(rewards, values, logprobs, steps, starts_mask, gamma, lam, lam_inne
 # ------------------------------------------------------------------------------------------
 
 def areal_token_level_gae(rewards, values, loss_mask, seq_no_eos_mask, discount, gae_lambda):
-    """_compute_token_level_gae: steps t = T-2 .. 0 (the last position only supplies
-    values[:, -1] * seq_no_eos_mask as the first next-value); at a position whose loss mask
-    is 0 the next-value and the advantage are carried and the carried advantage is output;
-    the last position's advantage is 0; returns = advantages + values everywhere."""
-    r, v, m = rewards.double().cpu(), values.double().cpu(), loss_mask.double().cpu()
-    B, T = r.shape
-    adv = torch.zeros(B, T, dtype=torch.float64)
-    for b in range(B):
-        lam = _lam_of_row(gae_lambda, b)
-        nv = v[b, T - 1].item() * float(seq_no_eos_mask[b])
-        last = 0.0
-        for t in reversed(range(T - 1)):
-            new = r[b, t].item() + discount * nv - v[b, t].item() + discount * lam * last
-            mt = m[b, t].item()
-            nv = nv * (1 - mt) + v[b, t].item() * mt
-            last = last * (1 - mt) + new * mt
-            adv[b, t] = last
+    """_compute_token_level_gae: the carrying loop over t = T-2 .. 0 (the last position only
+    supplies values[:, -1] * seq_no_eos_mask as the first next-value); the last position's
+    advantage is 0; returns = advantages + values everywhere."""
+    v = values.double().cpu()
+    adv = torch.zeros(v.shape, dtype=torch.float64)
+    adv[:, :-1], _ = carrying_gae_loop(rewards[:, :-1], values[:, :-1], loss_mask[:, :-1],
+                                       discount, gae_lambda,
+                                       next_value=v[:, -1] * seq_no_eos_mask.double().cpu())
     return adv, adv + v
-
-
-def areal_vapo_length_adaptive(loss_mask, alpha):
-    """vapo_length_adaptive_gae on token-level lengths (effective_token_lengths)."""
-    out = []
-    for row in (loss_mask != 0).cpu():
-        n = int(row.sum())
-        out.append(0.0 if n == 0 else max(0.0, 1.0 - 1.0 / (alpha * max(n, 1))))
-    return torch.tensor(out, dtype=torch.float64)
 
 
 def areal_relative_position(loss_mask, q):
@@ -136,7 +102,7 @@ def areal_batch(B=6, T=48, *, seed=0, holes=False, truncated=(0, 2)):
     left by one (so the position before each generated token is marked), rows in
     ``truncated`` filling the length without EOS (``seq_no_eos_mask``)."""
     g = torch.Generator().manual_seed(seed)
-    rewards, values, logprobs, _ = padded_batch(B, T, seed=seed)
+    rewards, values, logprobs, _ = random_batch(B, T, seed=seed, padding_rewards=False)
     loss_mask = torch.zeros(B, T)
     seq_no_eos = torch.zeros(B, dtype=torch.bool)
     for b in range(B):
@@ -156,25 +122,6 @@ def areal_batch(B=6, T=48, *, seed=0, holes=False, truncated=(0, 2)):
 # ------------------------------------------------------------------------------------------
 # NeMo-RL (v0.7.0)
 # ------------------------------------------------------------------------------------------
-
-def nemo_rl_compute_gae(rewards, values, mask, gamma, lam):
-    """GeneralizedAdvantageEstimator._compute_gae: every position t = T-1 .. 0, next-value
-    and advantage start at 0; a masked position carries both and outputs the carried
-    advantage; returns = advantages + values. ``lam`` float or [B]."""
-    r, v, m = rewards.double().cpu(), values.double().cpu(), mask.double().cpu()
-    B, T = r.shape
-    adv = torch.zeros(B, T, dtype=torch.float64)
-    for b in range(B):
-        lb = _lam_of_row(lam, b)
-        nv, last = 0.0, 0.0
-        for t in reversed(range(T)):
-            new = r[b, t].item() + gamma * nv - v[b, t].item() + gamma * lb * last
-            mt = m[b, t].item()
-            nv = v[b, t].item() * mt + (1 - mt) * nv
-            last = new * mt + (1 - mt) * last
-            adv[b, t] = last
-    return adv, adv + v
-
 
 def nemo_rl_token_level_rewards(rewards, mask):
     """_build_token_level_rewards without KL: the scalar on the last mask position."""
@@ -196,16 +143,6 @@ def nemo_rl_whiten(adv, mask):
     return (adv - mean) * torch.rsqrt(var + 1e-8)
 
 
-def nemo_rl_length_adaptive(mask, alpha):
-    """_resolve_lambda_policy with length_adaptive_alpha > 0: 1 - 1/max(alpha * L, 1), in
-    [0, 1], L = the mask's count per row."""
-    out = []
-    for row in mask.double().cpu():
-        n = float(row.sum())
-        out.append(min(1.0, max(0.0, 1.0 - 1.0 / max(alpha * n, 1.0))))
-    return torch.tensor(out, dtype=torch.float64)
-
-
 def nemo_rl_compute_advantage(config, rewards, mask, values):
     """GeneralizedAdvantageEstimator.compute_advantage (no KL in the reward): decoupled
     λ runs GAE twice (returns with the value λ, advantages with the policy λ), optional
@@ -216,15 +153,15 @@ def nemo_rl_compute_advantage(config, rewards, mask, values):
     lam_policy = config.get("gae_lambda_policy")
     alpha = config.get("length_adaptive_alpha", 0)
     if alpha > 0:
-        lam_policy_resolved = nemo_rl_length_adaptive(mask, alpha)
+        lam_policy_resolved = vapo_length_adaptive_loop(mask, alpha)
     else:
         lam_policy_resolved = lam_policy if lam_policy is not None else lam
     if lam_value is not None or lam_policy is not None or alpha > 0:
-        _, ret = nemo_rl_compute_gae(r, values, mask, config["gae_gamma"],
+        _, ret = carrying_gae_loop(r, values, mask, config["gae_gamma"],
                                      lam_value if lam_value is not None else lam)
-        adv, _ = nemo_rl_compute_gae(r, values, mask, config["gae_gamma"], lam_policy_resolved)
+        adv, _ = carrying_gae_loop(r, values, mask, config["gae_gamma"], lam_policy_resolved)
     else:
-        adv, ret = nemo_rl_compute_gae(r, values, mask, config["gae_gamma"], lam)
+        adv, ret = carrying_gae_loop(r, values, mask, config["gae_gamma"], lam)
     if config.get("normalize_advantages"):
         adv = nemo_rl_whiten(adv, mask)
     adv = adv.masked_fill(mask.cpu() == 0, 0)

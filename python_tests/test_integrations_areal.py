@@ -7,18 +7,11 @@ import types
 import pytest
 import torch
 
-import sae_ext
 from _framework_sources import (DEVICES, areal_batch, areal_relative_position,
-                                areal_token_level_gae, areal_vapo_length_adaptive,
-                                device_or_skip, sae_loop)
+                                areal_token_level_gae, device_or_skip,
+                                vapo_length_adaptive_loop)
+from _integrations_common import ATOL, MASK_DTYPES, sae_oracle
 from sae_ext.integrations import areal as sae_areal
-
-ATOL = 2e-5
-MASK_DTYPES = [torch.float32, torch.int64, torch.bool]
-# The one condition for every per-sample-λ test: the ops' per-row λ API.
-needs_per_row_lam = pytest.mark.skipif(
-    not hasattr(sae_ext, "length_adaptive_lam"),
-    reason="per-sample λ needs sae_ext's per-row λ API (sae_ext.length_adaptive_lam)")
 
 
 def _try_areal_actor():
@@ -99,7 +92,7 @@ def test_sae_in_areal_conventions(holes):
     steps = m.clone()
     steps[:, -1] = 0
     boot = v[:, -1].double() * no_eos.double()
-    ref_adv, ref_ret = sae_loop(r, v, lp, steps, steps, 1.0, 0.5, 1.0, 0.2, bootstrap=boot)
+    ref_adv, ref_ret = sae_oracle(r, v, lp, steps, steps, 1.0, 0.5, 1.0, 0.2, bootstrap=boot)
     adv, ret = sae_areal.compute_token_level_sae(r, v, m, no_eos, lp, 1.0, 0.5)
     torch.testing.assert_close(adv.double(), ref_adv, atol=ATOL, rtol=0)
     torch.testing.assert_close(ret.double(), ref_ret, atol=ATOL, rtol=0)
@@ -129,13 +122,12 @@ def test_bad_shapes_are_named():
 # Per-sample λ (switch on with the ops' per-row λ)
 # ------------------------------------------------------------------------------------------
 
-@needs_per_row_lam
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("holes", [False, True])
 def test_per_sample_lam_equals_areal(device, holes):
     dev = device_or_skip(device)
     r, v, lp, m, no_eos = areal_batch(seed=11, holes=holes)
-    for lam in (areal_vapo_length_adaptive(m, 0.05), areal_relative_position(m, 0.3)):
+    for lam in (vapo_length_adaptive_loop(m, 0.05), areal_relative_position(m, 0.3)):
         ref_adv, ref_ret = areal_token_level_gae(r, v, m, no_eos, 1.0, lam)
         adv, ret = sae_areal.compute_token_level_gae(*(_on(x, dev) for x in (r, v, m, no_eos)),
                                                      1.0, _on(lam.float(), dev))
@@ -148,17 +140,16 @@ def test_per_sample_lam_equals_areal(device, holes):
         steps = m.clone()
         steps[:, -1] = 0
         boot = v[:, -1].double() * no_eos.double()
-        exp, _ = sae_loop(r, v, lp, steps, steps, 1.0, lam, 0.9, 0.2, bootstrap=boot)
+        exp, _ = sae_oracle(r, v, lp, steps, steps, 1.0, lam, 0.9, 0.2, bootstrap=boot)
         torch.testing.assert_close(sae_adv.cpu().double(), exp, atol=ATOL, rtol=0)
 
 
-@needs_per_row_lam
 def test_vapo_lam_equals_areals():
     _, _, _, m, _ = areal_batch(seed=12)
     m[1] = 0
     for alpha in (0.05, 1.0, 3.0):
         torch.testing.assert_close(sae_areal.vapo_length_adaptive_lam(m, alpha).double(),
-                                   areal_vapo_length_adaptive(m, alpha), atol=1e-6, rtol=0)
+                                   vapo_length_adaptive_loop(m, alpha), atol=1e-6, rtol=0)
 
 
 # ------------------------------------------------------------------------------------------

@@ -6,17 +6,11 @@ import types
 import pytest
 import torch
 
-import sae_ext
 from _framework_sources import (DEVICES, device_or_skip, nemo_rl_compute_advantage,
-                                nemo_rl_token_level_rewards, padded_batch, sae_loop)
+                                nemo_rl_token_level_rewards)
+from _integrations_common import ATOL, MASK_DTYPES, random_batch, sae_oracle
 from sae_ext.integrations import nemo_rl as sae_nemo
 
-ATOL = 2e-5
-MASK_DTYPES = [torch.float32, torch.int64, torch.bool]
-# The one condition for every per-sample / decoupled λ test: the ops' per-row λ API.
-needs_per_row_lam = pytest.mark.skipif(
-    not hasattr(sae_ext, "length_adaptive_lam"),
-    reason="per-sample λ needs sae_ext's per-row λ API (sae_ext.length_adaptive_lam)")
 
 LOSS_CONFIG = types.SimpleNamespace(use_kl_in_reward=False, reference_policy_kl_penalty=0.0,
                                     reference_policy_kl_type="k3")
@@ -31,7 +25,7 @@ def _config(**kw):
 
 def _inputs(seed, holes, B=6, T=40):
     # NeMo-RL's mask spans the whole sequence: a masked prompt first, then the response.
-    _, v, lp, m = padded_batch(B, T, seed=seed, holes=holes, prefix=5)
+    _, v, lp, m = random_batch(B, T, seed=seed, holes=holes, prefix=5, padding_rewards=False)
     rewards = torch.randint(0, 2, (B,), generator=torch.Generator().manual_seed(seed)).float()
     return rewards, v, lp, m
 
@@ -87,7 +81,7 @@ def test_sae_in_nemo_rls_conventions(holes):
                                                          sae_threshold=0.3), LOSS_CONFIG)
     adv, ret = est.compute_advantage(None, rewards, m, v, logprobs=lp)
     r = nemo_rl_token_level_rewards(rewards, m)
-    ref_adv, ref_ret = sae_loop(r, v, lp, m, m, 1.0, 0.5, 1.0, 0.3)
+    ref_adv, ref_ret = sae_oracle(r, v, lp, m, m, 1.0, 0.5, 1.0, 0.3)
     torch.testing.assert_close(adv.double(), ref_adv, atol=ATOL, rtol=0)
     torch.testing.assert_close(ret.double(), ref_ret, atol=ATOL, rtol=0)
 
@@ -120,7 +114,6 @@ def test_install_replaces_the_name_nemo_rls_factory_looks_up():
 # Per-sample and decoupled λ (switch on with the ops' per-row λ)
 # ------------------------------------------------------------------------------------------
 
-@needs_per_row_lam
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("holes", [False, True])
 @pytest.mark.parametrize("settings", [

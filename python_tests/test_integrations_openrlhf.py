@@ -4,12 +4,11 @@ the contract (sae_ext.reference). OpenRLHF itself is not needed."""
 import pytest
 import torch
 
-from _integrations_common import random_batch
+from _integrations_common import ATOL, random_batch
 from sae_ext import reference
 from sae_ext.testing import framework_loops as loops
 from sae_ext.integrations import openrlhf as orl
 
-ATOL = 2e-5
 F64 = torch.float64
 
 

@@ -12,10 +12,9 @@ import types
 import pytest
 import torch
 
-from _framework_sources import DEVICES, device_or_skip, padded_batch, sae_loop
+from _framework_sources import DEVICES, device_or_skip
+from _integrations_common import ATOL, MASK_DTYPES, random_batch, sae_oracle
 
-ATOL = 2e-5
-MASK_DTYPES = [torch.float32, torch.int64, torch.bool]
 PPO_UTILS = "skyrl.backends.skyrl_train.utils.ppo_utils"
 
 
@@ -40,7 +39,7 @@ needs_skyrl = pytest.mark.skipif(ppo_utils is None, reason=str(_err))
 
 
 def _batch(seed, holes, **kw):
-    r, v, lp, m = padded_batch(8, 48, seed=seed, holes=holes, **kw)
+    r, v, lp, m = random_batch(8, 48, seed=seed, holes=holes, padding_rewards=False, **kw)
     return r, v, lp, m
 
 
@@ -74,7 +73,7 @@ def test_skip_masked_equals_skyrl_where_padding_is_zero():
 
 def test_skip_masked_skips_masked_positions():
     r, v, lp, m = _batch(4, holes=True)
-    ref_adv, ref_ret = sae_loop(r, v, lp, m, m, 0.99, 0.9, 0.9, 0.0)
+    ref_adv, ref_ret = sae_oracle(r, v, lp, m, m, 0.99, 0.9, 0.9, 0.0)
     adv, ret = sae_skyrl.compute_sae_advantage_return(r, v, m, lp, 0.99, 0.9, lam_inner=0.9,
                                                       skip_masked=True, whiten=False)
     torch.testing.assert_close(adv.double(), ref_adv, atol=ATOL, rtol=0)
@@ -84,7 +83,7 @@ def test_skip_masked_skips_masked_positions():
 def test_sae_in_skyrls_conventions():
     r, v, lp, m = _batch(5, holes=True)
     steps = torch.ones_like(m)  # SkyRL steps through every position
-    ref_adv, ref_ret = sae_loop(r, v, lp, steps, m, 1.0, 0.5, 1.0, 0.2)
+    ref_adv, ref_ret = sae_oracle(r, v, lp, steps, m, 1.0, 0.5, 1.0, 0.2)
     adv, ret = sae_skyrl.compute_sae_advantage_return(r, v, m, lp, 1.0, 0.5, whiten=False)
     valid = m.bool()
     torch.testing.assert_close(adv.double()[valid], ref_adv[valid], atol=ATOL, rtol=0)

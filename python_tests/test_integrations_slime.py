@@ -7,11 +7,10 @@ import argparse
 import pytest
 import torch
 
-from _framework_sources import (DEVICES, device_or_skip, sae_loop, slime_batch,
-                                slime_chunked_gae, slime_ppo_rewards, slime_vanilla_gae)
+from _framework_sources import (DEVICES, device_or_skip, slime_batch, slime_chunked_gae,
+                                slime_ppo_rewards, slime_vanilla_gae)
+from _integrations_common import ATOL, sae_oracle
 from sae_ext.integrations import slime as sae_slime
-
-ATOL = 2e-5
 
 
 def _samples(seed, B=6, lengths=None, device="cpu"):
@@ -79,7 +78,7 @@ def test_sae_in_slimes_conventions():
     pad = lambda xs: torch.stack([torch.nn.functional.pad(x.double(), (0, T - len(x)))
                                   for x in xs])
     steps = torch.arange(T)[None, :] < torch.tensor(lengths)[:, None]
-    ref_adv, ref_ret = sae_loop(pad(r), pad(v), pad(lp), steps, steps, 1.0, 0.5, 1.0, 0.3)
+    ref_adv, ref_ret = sae_oracle(pad(r), pad(v), pad(lp), steps, steps, 1.0, 0.5, 1.0, 0.3)
     _close(adv, [ref_adv[i, :L] for i, L in enumerate(lengths)])
     _close(ret, [ref_ret[i, :L] for i, L in enumerate(lengths)])
 
@@ -158,3 +157,22 @@ def test_function_path_resolves_as_slimes_load_function_does():
                  "sae_ext.integrations.slime.gae_advantage_function"):
         module, _, attr = path.rpartition(".")
         assert callable(getattr(importlib.import_module(module), attr))
+
+
+def test_packed_rows_with_an_empty_response_and_a_long_one():
+    # the samples go to the ops back to back (no padding to the longest): an empty response
+    # is an empty row, and each row equals slime's loop on that row alone
+    total, lengths, v, r, lp, _ = _samples(7, lengths=[0, 5, 400, 1])
+    adv, ret = sae_slime.get_advantages_and_returns_batch(total, lengths, v, r, 0.99, 0.9)
+    assert [a.shape[0] for a in adv] == lengths
+    for i, L in enumerate(lengths):
+        if L == 0:
+            continue
+        ref_adv, ref_ret = slime_vanilla_gae(r[i][None].double(), v[i][None].double(), 0.99, 0.9)
+        _close([adv[i], ret[i]], [ref_adv[0], ref_ret[0]])
+
+
+def test_a_sample_shorter_than_its_length_is_named():
+    total, lengths, v, r, lp, _ = _samples(8, lengths=[4, 6])
+    with pytest.raises(ValueError, match=r"rewards_list\[1\]"):
+        sae_slime.get_advantages_and_returns_batch(total, lengths, v, [r[0], r[1][:3]], 1.0, 0.9)

@@ -4,11 +4,11 @@ batches laid out as TRL lays them out. TRL itself is not needed."""
 import pytest
 import torch
 
+from _integrations_common import ATOL
 from sae_ext import reference
 from sae_ext.testing import framework_loops as loops
 from sae_ext.integrations import trl as sae_trl
 
-ATOL = 2e-5
 INVALID_LOGPROB = 1.0  # what TRL writes into padding log-probs
 F64 = torch.float64
 

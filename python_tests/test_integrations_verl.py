@@ -13,16 +13,14 @@ import tempfile
 import pytest
 import torch
 
-from _integrations_common import (REPO_ROOT, VERL_OPTIONAL_OVERRIDES, VERL_OVERRIDES,
-                                  random_batch,
-                                  subprocess_env, whiten_loop)
+from _integrations_common import (ATOL, MASK_DTYPES, VERL_OPTIONAL_OVERRIDES, VERL_OVERRIDES,
+                                  random_batch, subprocess_env, whiten_loop)
 import sae_ext
 from sae_ext import reference
 from sae_ext.integrations import verl as sae_verl
 
 INSTALL_HINT = ("run `bash scripts/test_verl.sh`, which installs verl into a side environment "
                 "and runs these tests")
-ATOL = 2e-5
 
 
 def _try_import(name):
@@ -37,7 +35,6 @@ core_algos, _core_err = _try_import("verl.trainer.ppo.core_algos")
 ray_trainer, _rt_err = _try_import("verl.trainer.ppo.ray_trainer") if core_algos else (None, _core_err)
 v1_utils, _v1_err = _try_import("verl.trainer.ppo.v1.utils") if ray_trainer else (None, _rt_err)
 hydra, _hydra_err = _try_import("hydra") if core_algos else (None, _core_err)
-
 
 
 # Skipped from inside the test rather than by skipif marks: pytest reports a mark's skip at
@@ -62,7 +59,6 @@ needs_verl = _needs(_core_err if core_algos is None else None)
 needs_ray_trainer = _needs(_rt_err if ray_trainer is None else None)
 needs_v1 = _needs(_v1_err if v1_utils is None else None)
 needs_hydra = _needs(_hydra_err if hydra is None else None)
-
 
 
 # ------------------------------------------------------------------------------------------
@@ -106,8 +102,6 @@ def test_estimator_outside_wrapped_compute_advantage_explains_itself():
 # ------------------------------------------------------------------------------------------
 # Against verl's own code
 # ------------------------------------------------------------------------------------------
-
-MASK_DTYPES = [torch.float32, torch.int64, torch.bool]
 
 
 @needs_verl

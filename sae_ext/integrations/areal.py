@@ -21,32 +21,28 @@ losses read). Elsewhere AReaL leaves the carried advantage (and carried advantag
 the return); here both are 0.
 
 Per-sample λ (AReaL's ``gae_lambda`` given as a function path: constant,
-``vapo_length_adaptive_gae``, ``relative_position_gae_lambda``) goes through
-:func:`compute_token_level_gae_per_sample_lam` / :func:`compute_token_level_sae_per_sample_lam`,
-which hand AReaL's ``[B]`` λ tensor to the ops' per-row λ. They need an sae_ext whose ops take
-a per-row λ (``sae_ext.length_adaptive_lam`` present) and raise a clear error otherwise.
+``vapo_length_adaptive_gae``, ``relative_position_gae_lambda``): pass the ``[B]`` λ tensor as
+``gae_lambda`` to :func:`compute_token_level_gae` / :func:`compute_token_level_sae`; it goes
+straight to the ops' per-row λ (one pass, no loop over rows).
 
 Turn-level GAE (``gae_timestep_unit="turn"``) is not covered.
 """
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Tuple, Union
 
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 
 import sae_ext
-from sae_ext.integrations import _require_per_row_lam
 
 __all__ = [
     "TESTED_AREAL_COMMIT",
     "TESTED_AREAL_PYPI_VERSION",
     "compute_token_level_gae",
-    "compute_token_level_gae_per_sample_lam",
     "compute_token_level_sae",
-    "compute_token_level_sae_per_sample_lam",
     "relative_position_lam",
     "vapo_length_adaptive_lam",
 ]
@@ -75,6 +71,11 @@ def _pad_last(adv: Tensor, ret: Tensor) -> Tuple[Tensor, Tensor]:
     return F.pad(adv, (0, 1)), F.pad(ret, (0, 1))
 
 
+def _lam(x):
+    """A float, or AReaL's per-sample λ (a [B] tensor) for the ops' per-row λ."""
+    return x if isinstance(x, Tensor) else float(x)
+
+
 @torch.no_grad()
 def compute_token_level_gae(
     rewards: Tensor,
@@ -82,25 +83,24 @@ def compute_token_level_gae(
     loss_mask: Tensor,
     seq_no_eos_mask: Tensor,
     discount: float,
-    gae_lambda: float,
+    gae_lambda: Union[float, Tensor],
 ) -> Tuple[Tensor, Tensor]:
-    """Drop-in for AReaL's ``_compute_token_level_gae`` with a float λ.
+    """Drop-in for AReaL's ``_compute_token_level_gae``.
 
     Args:
         rewards, values: [B, T] (AReaL's KL-shaped rewards with the outcome reward added,
             and the critic's values).
         loss_mask: [B, T], rolled left by one as AReaL's actor does; bool, integer or float.
         seq_no_eos_mask: [B] bool, True on rows truncated without EOS.
-        discount, gae_lambda: γ and λ.
+        discount: γ.
+        gae_lambda: λ, a float or AReaL's per-sample λ (the [B] tensor its ``gae_lambda``
+            function returns, e.g. :func:`vapo_length_adaptive_lam`).
 
     Returns:
         ``(advantages, returns)``, not normalized (AReaL's ``adv_norm`` runs afterwards).
     """
-    if isinstance(gae_lambda, Tensor) and gae_lambda.dim() > 0:
-        return compute_token_level_gae_per_sample_lam(
-            rewards, values, loss_mask, seq_no_eos_mask, discount, gae_lambda)
     r, v, m, boot = _split_last(rewards, values, loss_mask, seq_no_eos_mask)
-    adv, ret = sae_ext.gae(r, v, m, gamma=float(discount), lam=float(gae_lambda), bootstrap=boot)
+    adv, ret = sae_ext.gae(r, v, m, gamma=float(discount), lam=_lam(gae_lambda), bootstrap=boot)
     return _pad_last(adv, ret)
 
 
@@ -112,65 +112,18 @@ def compute_token_level_sae(
     seq_no_eos_mask: Tensor,
     logprobs: Tensor,
     discount: float,
-    gae_lambda: float,
+    gae_lambda: Union[float, Tensor],
     *,
-    lam_inner: float = 1.0,
+    lam_inner: Union[float, Tensor] = 1.0,
     threshold: float = 0.2,
 ) -> Tuple[Tensor, Tensor]:
     """SAE in AReaL's conventions: :func:`compute_token_level_gae` plus the sampled tokens'
-    log-probs, rolled like ``loss_mask`` (AReaL's ``old_logp``). ``gae_lambda`` applies where
-    a segment starts (a valid token with log-prob below ``log(threshold)``), ``lam_inner``
-    elsewhere."""
-    if isinstance(gae_lambda, Tensor) and gae_lambda.dim() > 0:
-        return compute_token_level_sae_per_sample_lam(
-            rewards, values, loss_mask, seq_no_eos_mask, logprobs, discount, gae_lambda,
-            lam_inner=lam_inner, threshold=threshold)
+    log-probs, rolled like ``loss_mask`` (AReaL's ``old_logp``). ``gae_lambda`` (a float or
+    a [B] tensor) applies where a segment starts (a valid token with log-prob below
+    ``log(threshold)``), ``lam_inner`` elsewhere."""
     r, v, m, boot = _split_last(rewards, values, loss_mask, seq_no_eos_mask)
-    adv, ret = sae_ext.advantages(r, v, logprobs[:, :-1], m, lam=float(gae_lambda),
-                                  gamma=float(discount), lam_inner=float(lam_inner),
-                                  threshold=float(threshold), bootstrap=boot)
-    return _pad_last(adv, ret)
-
-
-# --------------------------------------------------------------------------------------------
-# Per-sample λ: AReaL's [B] λ tensor straight into the ops' per-row λ
-# --------------------------------------------------------------------------------------------
-
-@torch.no_grad()
-def compute_token_level_gae_per_sample_lam(
-    rewards: Tensor,
-    values: Tensor,
-    loss_mask: Tensor,
-    seq_no_eos_mask: Tensor,
-    discount: float,
-    gae_lambda: Tensor,
-) -> Tuple[Tensor, Tensor]:
-    """:func:`compute_token_level_gae` with AReaL's per-sample λ, a [B] tensor (what its
-    ``gae_lambda`` function returns)."""
-    _require_per_row_lam("areal.compute_token_level_gae_per_sample_lam")
-    r, v, m, boot = _split_last(rewards, values, loss_mask, seq_no_eos_mask)
-    adv, ret = sae_ext.gae(r, v, m, gamma=float(discount), lam=gae_lambda, bootstrap=boot)
-    return _pad_last(adv, ret)
-
-
-@torch.no_grad()
-def compute_token_level_sae_per_sample_lam(
-    rewards: Tensor,
-    values: Tensor,
-    loss_mask: Tensor,
-    seq_no_eos_mask: Tensor,
-    logprobs: Tensor,
-    discount: float,
-    gae_lambda: Tensor,
-    *,
-    lam_inner: float = 1.0,
-    threshold: float = 0.2,
-) -> Tuple[Tensor, Tensor]:
-    """:func:`compute_token_level_sae` with a [B] λ: each row's λ at its segment starts."""
-    _require_per_row_lam("areal.compute_token_level_sae_per_sample_lam")
-    r, v, m, boot = _split_last(rewards, values, loss_mask, seq_no_eos_mask)
-    adv, ret = sae_ext.advantages(r, v, logprobs[:, :-1], m, lam=gae_lambda,
-                                  gamma=float(discount), lam_inner=lam_inner,
+    adv, ret = sae_ext.advantages(r, v, logprobs[:, :-1], m, lam=_lam(gae_lambda),
+                                  gamma=float(discount), lam_inner=_lam(lam_inner),
                                   threshold=float(threshold), bootstrap=boot)
     return _pad_last(adv, ret)
 
@@ -178,7 +131,6 @@ def compute_token_level_sae_per_sample_lam(
 def vapo_length_adaptive_lam(loss_mask: Tensor, alpha: float) -> Tensor:
     """AReaL's ``vapo_length_adaptive_gae`` on token-level lengths (the loss-mask count of
     each row): ``1 - 1 / (alpha * L)``, clamped at 0; 0 for empty rows."""
-    _require_per_row_lam("areal.vapo_length_adaptive_lam")
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
         raise ValueError(f"alpha must be a positive number, got {alpha!r}")
     return sae_ext.length_adaptive_lam(loss_mask, alpha=float(alpha))

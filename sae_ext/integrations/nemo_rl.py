@@ -25,8 +25,7 @@ NeMo-RL's λ (``gae_lambda``, or ``gae_lambda_policy``/length-adaptive for the p
 Per-sample and decoupled λ (``gae_lambda_value``, ``gae_lambda_policy``,
 ``length_adaptive_alpha``: VAPO) run once through the ops' per-row λ and critic λ
 (``lam=Tensor[B]``, ``lam_critic=``), in :meth:`GeneralizedAdvantageEstimator._decoupled`,
-where NeMo-RL runs its loop twice. That needs an sae_ext with that API (marked by
-``sae_ext.length_adaptive_lam``); without it those settings raise a clear error.
+where NeMo-RL runs its loop twice.
 
 Switching it on: NeMo-RL's PPO builds its estimator in
 ``nemo_rl.algorithms.ppo._create_advantage_estimator`` from the module-level name
@@ -43,7 +42,7 @@ import torch
 from torch import Tensor
 
 import sae_ext
-from sae_ext.integrations import _require_per_row_lam
+from sae_ext.integrations import _config_value as _get
 
 __all__ = ["GeneralizedAdvantageEstimator", "TESTED_NEMO_RL_COMMIT", "TESTED_NEMO_RL_VERSION",
            "install", "whiten_like_nemo_rl"]
@@ -52,15 +51,6 @@ TESTED_NEMO_RL_VERSION = "0.7.0"
 TESTED_NEMO_RL_COMMIT = "81aa43dda4765b0429cf31dab44441e4e4383911"
 
 _PPO_MODULE = "nemo_rl.algorithms.ppo"
-
-
-def _get(config: Any, key: str, default: Any = None) -> Any:
-    """NeMo-RL's estimator config is a dict in v0.7.0 and a pydantic model later."""
-    if isinstance(config, dict):
-        value = config.get(key, default)
-    else:
-        value = getattr(config, key, default)
-    return default if value is None else value
 
 
 def whiten_like_nemo_rl(advantages: Tensor, mask: Tensor) -> Tensor:
@@ -112,7 +102,6 @@ class GeneralizedAdvantageEstimator:
     def _lam_policy(self, mask: Tensor):
         """NeMo-RL's priority: length-adaptive λ, then gae_lambda_policy, then gae_lambda."""
         if self.length_adaptive_alpha > 0:
-            _require_per_row_lam("nemo_rl: length_adaptive_alpha")
             return sae_ext.length_adaptive_lam(mask, alpha=self.length_adaptive_alpha)
         if self.gae_lambda_policy is not None:
             return float(self.gae_lambda_policy)
@@ -149,7 +138,6 @@ class GeneralizedAdvantageEstimator:
                                  logprobs: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         """NeMo-RL's VAPO settings: advantages with the policy λ (a float, or a [B] tensor for
         length-adaptive λ), returns with the value λ: one pass, the critic λ in the op."""
-        _require_per_row_lam("nemo_rl: gae_lambda_value / gae_lambda_policy / length_adaptive_alpha")
         lam_policy, lam_value = self._lam_policy(mask), self._lam_value()
         if self.sae:
             return sae_ext.advantages(r, values, logprobs, mask, lam=lam_policy,

@@ -34,14 +34,15 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import importlib.util
-import sys
+import importlib
 from typing import Any, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 import sae_ext
+from sae_ext.integrations import (_config_value, _package_available, _patch_when_imported,
+                                  _whiten_unbiased)
 
 __all__ = ["DEFAULTS", "ESTIMATOR_NAME", "TESTED_SKYRL_VERSION", "compute_gae_advantage_return",
            "compute_sae_advantage_return", "install", "sae_advantage_estimator",
@@ -57,17 +58,6 @@ _TRAINER = "skyrl.train.trainer"
 _WRAPPED_FLAG = "_sae_ext_wrapped"
 _CURRENT_BATCH: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "sae_ext_skyrl_batch", default=None)
-
-
-def _whiten_like_skyrl(advantages: Tensor, mask: Tensor) -> Tensor:
-    """SkyRL's ``masked_whiten``: batch mean and unbiased variance over the mask; refuses
-    fewer than two valid tokens as SkyRL does. 0 at masked positions."""
-    n = int(torch.count_nonzero(mask))
-    if n == 0:
-        raise ValueError("At least one element in the mask has to be 1.")
-    if n == 1:
-        raise ValueError("The sum of the mask is one, which can cause a division by zero.")
-    return sae_ext.masked_whiten(advantages, mask, unbiased=True, eps=1e-8)
 
 
 def _step_mask(response_mask: Tensor, skip_masked: bool) -> Tensor:
@@ -93,7 +83,7 @@ def compute_gae_advantage_return(
     skipped (value and advantage carried across them) instead of being steps."""
     adv, ret = sae_ext.gae(token_level_rewards, values, _step_mask(response_mask, skip_masked),
                            gamma=float(gamma), lam=float(lambd))
-    return _whiten_like_skyrl(adv, response_mask), ret
+    return _whiten_unbiased(adv, response_mask), ret
 
 
 @torch.no_grad()
@@ -118,13 +108,12 @@ def compute_sae_advantage_return(
         token_level_rewards, values, starts, _step_mask(response_mask, skip_masked),
         lam=float(lambd), gamma=float(gamma), lam_inner=float(lam_inner))
     if whiten:
-        adv = _whiten_like_skyrl(adv, response_mask)
+        adv = _whiten_unbiased(adv, response_mask)
     return adv, ret
 
 
 def _setting(config: Any, name: str) -> Any:
-    value = getattr(config, f"sae_{name}", None) if config is not None else None
-    return DEFAULTS[name] if value is None else value
+    return _config_value(config, f"sae_{name}", DEFAULTS[name])
 
 
 def _batch_get(batch: Any, key: str) -> Optional[Tensor]:
@@ -200,46 +189,11 @@ def install() -> None:
     """Register ``"sae"`` in SkyRL's registry, and wrap the trainer's
     ``compute_advantages_and_returns`` if ``skyrl.train.trainer`` is imported (else when it
     is). Done by importing this module when SkyRL is installed."""
-    import importlib
-
     _register(importlib.import_module(_PPO_UTILS))
-    trainer = sys.modules.get(_TRAINER)
-    if trainer is not None:
-        wrap_trainer_class(trainer.RayPPOTrainer)
-    elif not any(isinstance(f, _TrainerFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _TrainerFinder())
+    _patch_when_imported(_TRAINER, lambda module: wrap_trainer_class(module.RayPPOTrainer))
 
 
-class _TrainerFinder:
-    """Wraps RayPPOTrainer as soon as skyrl.train.trainer has been executed."""
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname != _TRAINER:
-            return None
-        import importlib.machinery
-
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
-        if spec is None or spec.loader is None:
-            return None
-        inner = spec.loader
-        exec_module = inner.exec_module
-
-        def exec_and_wrap(module):
-            exec_module(module)
-            wrap_trainer_class(module.RayPPOTrainer)
-
-        inner.exec_module = exec_and_wrap
-        return spec
-
-
-def _skyrl_available() -> bool:
-    try:
-        return importlib.util.find_spec("skyrl") is not None
-    except (ImportError, ValueError):
-        return False
-
-
-if _skyrl_available():
+if _package_available("skyrl"):
     try:
         install()
     except Exception as exc:  # SkyRL present but its advantage code does not import here

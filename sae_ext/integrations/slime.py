@@ -15,7 +15,8 @@ slime's conventions, which the functions here keep:
   after the last token is 0 (no bootstrap).
 - ``chunked_gae`` and ``vanilla_gae`` compute the same recursion (the chunked one as a
   matrix-power scan over 128-token chunks); one fused pass gives the numbers of both, up to
-  rounding.
+  rounding. The samples go to the ops as packed rows (``sae_ext.gae_varlen``,
+  ``advantages_varlen``: back to back, with ``cu_seqlens``), not padded to the longest one.
 
 With context parallelism (CP > 1) slime gathers each sample's full response from its CP
 shards, runs GAE, and slices the shard back out; the functions here do the same with slime's
@@ -43,6 +44,7 @@ import torch
 from torch import Tensor
 
 import sae_ext
+from sae_ext.integrations import _config_value
 
 __all__ = ["DEFAULTS", "TESTED_SLIME_COMMIT", "TESTED_SLIME_VERSION", "gae_advantage_function",
            "get_advantages_and_returns_batch", "get_sae_advantages_and_returns_batch",
@@ -65,16 +67,10 @@ def _cp():
     return mpu.get_context_parallel_world_size(), mpu.get_context_parallel_rank()
 
 
-def _pad(rows: Sequence[Tensor], lengths: Sequence[int], B: int, T: int, like: Tensor) -> Tensor:
-    out = like.new_zeros(B, T)
-    for i, (row, L) in enumerate(zip(rows, lengths)):
-        out[i, :L] = row[:L]
-    return out
-
-
-def _batch(total_lengths, response_lengths, lists: Sequence[Sequence[Tensor]]):
-    """Each sample's full response (gathered from its CP shards), padded into [B, T]; the
-    step mask marks each row's first ``response_lengths[i]`` positions."""
+def _packed(total_lengths, response_lengths, lists: Sequence[Sequence[Tensor]]):
+    """Each sample's full response (gathered from its CP shards), the samples back to back
+    as one [N] tensor per input, and their ``cu_seqlens``: the ops' packed rows, so nothing
+    is padded to the longest response (slime pads to [B, max_len] to run its loop)."""
     B = len(response_lengths)
     if B == 0:
         raise ValueError("slime GAE: empty batch")
@@ -88,25 +84,29 @@ def _batch(total_lengths, response_lengths, lists: Sequence[Sequence[Tensor]]):
 
         lists = [[all_gather_with_cp(x, tl, rl) for x, tl, rl in
                   zip(xs, total_lengths, response_lengths)] for xs in lists]
-    T = max(response_lengths)
-    like = lists[0][0]
-    padded = [_pad(xs, response_lengths, B, T, like) for xs in lists]
-    lengths = torch.as_tensor(list(response_lengths), device=like.device)
-    steps = torch.arange(T, device=like.device) < lengths[:, None]
-    return padded, steps
+    lengths = [int(L) for L in response_lengths]
+    for name, xs in zip(("values_list", "rewards_list", "log_probs_list"), lists):
+        for i, (x, L) in enumerate(zip(xs, lengths)):
+            if x.shape[0] < L:
+                raise ValueError(f"slime GAE: `{name}[{i}]` has {x.shape[0]} entries, "
+                                 f"`response_lengths[{i}]` is {L}")
+    packed = [torch.cat([x[:L] for x, L in zip(xs, lengths)]) for xs in lists]
+    offsets = [0]
+    for L in lengths:
+        offsets.append(offsets[-1] + L)
+    cu_seqlens = torch.tensor(offsets, dtype=torch.int64, device=packed[0].device)
+    return packed, cu_seqlens
 
 
-def _unbatch(total_lengths, response_lengths, adv: Tensor, ret: Tensor):
+def _unpack(total_lengths, response_lengths, adv: Tensor, ret: Tensor):
     cp_size, _ = _cp()
-    advs, rets = [], []
-    for i, (tl, L) in enumerate(zip(total_lengths, response_lengths)):
-        a, r = adv[i, :L], ret[i, :L]
-        if cp_size > 1:
-            from slime.backends.megatron_utils.cp_utils import slice_log_prob_with_cp
+    lengths = [int(L) for L in response_lengths]
+    advs, rets = list(adv.split(lengths)), list(ret.split(lengths))
+    if cp_size > 1:
+        from slime.backends.megatron_utils.cp_utils import slice_log_prob_with_cp
 
-            a, r = slice_log_prob_with_cp(a, tl, L), slice_log_prob_with_cp(r, tl, L)
-        advs.append(a)
-        rets.append(r)
+        advs = [slice_log_prob_with_cp(a, tl, L) for a, tl, L in zip(advs, total_lengths, lengths)]
+        rets = [slice_log_prob_with_cp(r, tl, L) for r, tl, L in zip(rets, total_lengths, lengths)]
     return advs, rets
 
 
@@ -123,9 +123,9 @@ def get_advantages_and_returns_batch(
     """Drop-in for slime's ``get_advantages_and_returns_batch``: lists of per-sample
     advantages and returns (``response_lengths[i]`` entries each). ``chunked`` is accepted
     for the signature; both of slime's variants compute what the one fused pass does."""
-    (v, r), steps = _batch(total_lengths, response_lengths, [values_list, rewards_list])
-    adv, ret = sae_ext.gae(r, v, steps, gamma=float(gamma), lam=float(lambd))
-    return _unbatch(total_lengths, response_lengths, adv, ret)
+    (v, r), cu_seqlens = _packed(total_lengths, response_lengths, [values_list, rewards_list])
+    adv, ret = sae_ext.gae_varlen(r, v, cu_seqlens, gamma=float(gamma), lam=float(lambd))
+    return _unpack(total_lengths, response_lengths, adv, ret)
 
 
 @torch.no_grad()
@@ -143,11 +143,12 @@ def get_sae_advantages_and_returns_batch(
 ) -> Tuple[List[Tensor], List[Tensor]]:
     """SAE in slime's conventions: ``lambd`` where a segment starts (a response token whose
     log-prob is below ``log(threshold)``), ``lam_inner`` elsewhere."""
-    (v, r, lp), steps = _batch(total_lengths, response_lengths,
-                               [values_list, rewards_list, log_probs_list])
-    adv, ret = sae_ext.advantages(r, v, lp, steps, lam=float(lambd), gamma=float(gamma),
-                                  lam_inner=float(lam_inner), threshold=float(threshold))
-    return _unbatch(total_lengths, response_lengths, adv, ret)
+    (v, r, lp), cu_seqlens = _packed(total_lengths, response_lengths,
+                                     [values_list, rewards_list, log_probs_list])
+    adv, ret = sae_ext.advantages_varlen(r, v, lp, cu_seqlens, lam=float(lambd),
+                                         gamma=float(gamma), lam_inner=float(lam_inner),
+                                         threshold=float(threshold))
+    return _unpack(total_lengths, response_lengths, adv, ret)
 
 
 def _ppo_rewards(args: Any, rollout_data: dict) -> List[Tensor]:
@@ -186,11 +187,9 @@ def sae_advantage_function(args: Any, rollout_data: dict) -> None:
     key = "rollout_log_probs" if getattr(args, "use_rollout_logprobs", False) else "log_probs"
     log_probs = _require(args, rollout_data, key,
                          "SAE needs the log-probs of the sampled tokens.")
-    threshold = getattr(args, "sae_threshold", None)
-    lam_inner = getattr(args, "sae_lam_inner", None)
     adv, ret = get_sae_advantages_and_returns_batch(
         rollout_data["total_lengths"], rollout_data["response_lengths"], values,
         _ppo_rewards(args, rollout_data), log_probs, args.gamma, args.lambd,
-        lam_inner=DEFAULTS["lam_inner"] if lam_inner is None else float(lam_inner),
-        threshold=DEFAULTS["threshold"] if threshold is None else float(threshold))
+        lam_inner=float(_config_value(args, "sae_lam_inner", DEFAULTS["lam_inner"])),
+        threshold=float(_config_value(args, "sae_threshold", DEFAULTS["threshold"])))
     rollout_data["advantages"], rollout_data["returns"] = adv, ret

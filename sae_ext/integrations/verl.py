@@ -47,9 +47,6 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import importlib.abc
-import importlib.machinery
-import importlib.util
 import inspect
 import sys
 from typing import Any, Optional, Tuple
@@ -58,6 +55,8 @@ import torch
 from torch import Tensor
 
 import sae_ext
+from sae_ext.integrations import (_config_value, _package_available, _patch_pending,
+                                  _patch_when_imported, _whiten_unbiased)
 
 __all__ = [
     "DEFAULTS",
@@ -93,19 +92,6 @@ _CURRENT_CALL: contextvars.ContextVar[Optional[dict]] = contextvars.ContextVar(
 # Pure functions (no verl needed)
 # --------------------------------------------------------------------------------------------
 
-def _whiten_like_verl(advantages: Tensor, mask: Tensor) -> Tensor:
-    """verl's ``masked_whiten``: mean and unbiased variance over the valid tokens of the whole
-    batch, ``(x - mean) * rsqrt(var + 1e-8)``. Like verl, refuses fewer than two valid tokens
-    (the unbiased variance is undefined). Masked positions come out 0 (verl leaves them
-    whitened garbage; its losses mask them)."""
-    n = int(torch.count_nonzero(mask))
-    if n == 0:
-        raise ValueError("At least one element in the mask has to be 1.")
-    if n == 1:
-        raise ValueError("The sum of the mask is one, which can cause a division by zero.")
-    return sae_ext.masked_whiten(advantages, mask, unbiased=True, shift_mean=True, eps=1e-8)
-
-
 @torch.no_grad()
 def compute_gae_advantage_return(
     token_level_rewards: Tensor,
@@ -130,7 +116,7 @@ def compute_gae_advantage_return(
     """
     adv, ret = sae_ext.gae(token_level_rewards, values, response_mask,
                            gamma=float(gamma), lam=float(lam))
-    return _whiten_like_verl(adv, response_mask), ret
+    return _whiten_unbiased(adv, response_mask), ret
 
 
 @torch.no_grad()
@@ -156,28 +142,13 @@ def compute_sae_advantage_return(
         lam=float(lam), gamma=float(gamma), lam_inner=float(lam_inner),
         threshold=float(threshold), bootstrap=bootstrap)
     if whiten:
-        adv = _whiten_like_verl(adv, response_mask)
+        adv = _whiten_unbiased(adv, response_mask)
     return adv, ret
 
 
 # --------------------------------------------------------------------------------------------
 # The registered estimator
 # --------------------------------------------------------------------------------------------
-
-def _cfg_get(config: Any, key: str, default: Any) -> Any:
-    """Read ``key`` from a DictConfig, a dict, or a dataclass config (verl's AlgoConfig)."""
-    if config is None:
-        return default
-    getter = getattr(config, "get", None)
-    if callable(getter):
-        try:
-            value = getter(key, default)
-        except Exception:  # a structured config without the key
-            value = default
-    else:
-        value = getattr(config, key, default)
-    return default if value is None else value
-
 
 def _batch_tensor(data: Any, key: str) -> Optional[Tensor]:
     if data is None:
@@ -211,7 +182,7 @@ def sae_advantage_estimator(
     """
     call = _CURRENT_CALL.get() or {}
     data = call.get("data")
-    log_prob_key = str(_cfg_get(config, "sae_log_prob_key", DEFAULTS["log_prob_key"]))
+    log_prob_key = str(_config_value(config, "sae_log_prob_key", DEFAULTS["log_prob_key"]))
     if values is None:
         values = _batch_tensor(data, "values")
     if old_log_probs is None:
@@ -237,11 +208,11 @@ def sae_advantage_estimator(
             f"{tuple(token_level_rewards.shape)}")
     return compute_sae_advantage_return(
         token_level_rewards, values, response_mask, old_log_probs,
-        gamma=float(call["gamma"] if "gamma" in call else _cfg_get(config, "gamma", 1.0)),
-        lam=float(call["lam"] if "lam" in call else _cfg_get(config, "lam", 1.0)),
-        lam_inner=float(_cfg_get(config, "sae_lam_inner", DEFAULTS["lam_inner"])),
-        threshold=float(_cfg_get(config, "sae_threshold", DEFAULTS["threshold"])),
-        whiten=bool(_cfg_get(config, "sae_whiten", DEFAULTS["whiten"])),
+        gamma=float(call["gamma"] if "gamma" in call else _config_value(config, "gamma", 1.0)),
+        lam=float(call["lam"] if "lam" in call else _config_value(config, "lam", 1.0)),
+        lam_inner=float(_config_value(config, "sae_lam_inner", DEFAULTS["lam_inner"])),
+        threshold=float(_config_value(config, "sae_threshold", DEFAULTS["threshold"])),
+        whiten=bool(_config_value(config, "sae_whiten", DEFAULTS["whiten"])),
     )
 
 
@@ -284,43 +255,6 @@ def _patch_ray_trainer(module) -> None:
             other.compute_advantage = wrapped
 
 
-class _PatchingLoader(importlib.abc.Loader):
-    def __init__(self, inner):
-        self._inner = inner
-
-    def create_module(self, spec):
-        return self._inner.create_module(spec)
-
-    def exec_module(self, module):
-        self._inner.exec_module(module)
-        _patch_ray_trainer(module)
-
-    def __getattr__(self, name):  # get_source, get_filename... for tracebacks and inspect
-        return getattr(self._inner, name)
-
-
-class _RayTrainerFinder(importlib.abc.MetaPathFinder):
-    """Wraps compute_advantage as soon as verl.trainer.ppo.ray_trainer has been executed, so
-    every module that later does ``from ...ray_trainer import compute_advantage`` binds the
-    wrapper."""
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname != _RAY_TRAINER:
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
-        if spec is None or spec.loader is None:
-            return None
-        spec.loader = _PatchingLoader(spec.loader)
-        return spec
-
-
-def _verl_available() -> bool:
-    try:
-        return importlib.util.find_spec("verl") is not None
-    except (ImportError, ValueError):
-        return False
-
-
 def install() -> None:
     """Register ``"sae"`` in verl's estimator registry and wrap ``compute_advantage``.
     Idempotent; done by importing this module when verl is installed."""
@@ -329,11 +263,9 @@ def install() -> None:
     registry = core_algos.ADV_ESTIMATOR_REGISTRY
     if registry.get(ESTIMATOR_NAME) is not sae_advantage_estimator:
         core_algos.register_adv_est(ESTIMATOR_NAME)(sae_advantage_estimator)
-    module = sys.modules.get(_RAY_TRAINER)
-    if module is not None:
-        _patch_ray_trainer(module)
-    elif not any(isinstance(f, _RayTrainerFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _RayTrainerFinder())
+    # As soon as ray_trainer is executed, so that every module that later does
+    # ``from ...ray_trainer import compute_advantage`` binds the wrapper.
+    _patch_when_imported(_RAY_TRAINER, _patch_ray_trainer)
 
 
 def is_installed() -> bool:
@@ -344,8 +276,8 @@ def is_installed() -> bool:
     module = sys.modules.get(_RAY_TRAINER)
     if module is not None:
         return bool(getattr(module.compute_advantage, _WRAPPED_FLAG, False))
-    return any(isinstance(f, _RayTrainerFinder) for f in sys.meta_path)
+    return _patch_pending(_RAY_TRAINER)
 
 
-if _verl_available():
+if _package_available("verl"):
     install()

@@ -225,3 +225,56 @@ def test_results_do_not_change_from_run_to_run():
     first = OPS.advantages(r, v, lp, m, *SAE, bs)
     for _ in range(3):
         assert_bitwise(OPS.advantages(r, v, lp, m, *SAE, bs), tuple(t.cpu() for t in first), "rerun")
+
+
+# ---- issue 12's variants: bit for bit the emulated warp (python_tests/test_emulated_warp.py
+# checks the emulated warp against the CPU op and the reference). ---------------------------
+
+def _variant_cases():
+    g = torch.Generator().manual_seed(12)
+    lam, lam_in, lam_c = (torch.rand(6, generator=g) for _ in range(3))
+    return {
+        "per-row lam": dict(lam_rows=lam, lam_inner_rows=lam_in),
+        "per-row lam bf16": dict(lam_rows=lam.bfloat16()),
+        "critic": dict(lam_critic=0.9),
+        "critic per-row": dict(lam_critic=0.9, lam_critic_rows=lam_c),
+    }
+
+
+@pytest.mark.parametrize("T", [300, 5000])  # 6 x 5000: the split schedule
+@pytest.mark.parametrize("case", list(_variant_cases()))
+def test_variants_equal_the_emulated_warp(case, T):
+    kw = _variant_cases()[case]
+    r, v, lp, m, bs = make_rollout(6, T, seed=T, reward_kind="dense")
+    for lp_, m_ in ((lp, m), (None, m), (lp, None), (None, None)):
+        got = OPS.advantages(*_to((r, v, lp_, m_), "cuda"), *GAE, bs.cuda(), **_to_kw(kw))
+        want = OPS._warp_emulated_advantages(r, v, lp_, m_, *GAE, bs, **kw)
+        assert_bitwise(got, want, f"{case} T={T} logprobs={lp_ is not None} mask={m_ is not None}")
+
+
+def _to_kw(kw, device="cuda"):
+    return {k: (x.to(device) if isinstance(x, torch.Tensor) else x) for k, x in kw.items()}
+
+
+@pytest.mark.parametrize("lengths", [[0, 1, 7, 256, 300, 33, 0, 513], [8, 0, 256, 520, 64, 1024], [0, 9000, 1, 8200]],
+                         ids=["short", "aligned", "split"])
+def test_packed_rows_equal_the_emulated_warp(lengths):
+    g = torch.Generator().manual_seed(len(lengths))
+    N, B = sum(lengths), len(lengths)
+    r, v = torch.randn(N, generator=g), torch.randn(N, generator=g)
+    lp = (torch.rand(N, generator=g) ** 0.3).clamp_min(1e-6).log()
+    m = torch.rand(N, generator=g) > 0.3
+    cu = torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist())
+    bs, lam = torch.randn(B, generator=g), torch.rand(B, generator=g)
+    for kw in ({}, dict(lam_rows=lam), dict(lam_critic=0.8)):
+        for m_ in (m, None):
+            kw2 = dict(kw, cu_seqlens=cu)
+            got = OPS.advantages(*_to((r, v, lp, m_), "cuda"), *SAE, bs.cuda(), **_to_kw(kw2))
+            want = OPS._warp_emulated_advantages(r, v, lp, m_, *SAE, bs, **kw2)
+            assert_bitwise(got, want, f"packed {lengths} {sorted(kw)} mask={m_ is not None}")
+    ga, gr = torch.randn(N, generator=g), torch.randn(N, generator=g)
+    for cut in ((lp, None), (None, None)):
+        args = (ga, gr, m, *cut, 0.99, 0.5, 1.0, 0.2)
+        got = OPS.advantages_backward(*_to(args[:5], "cuda"), *args[5:], lam_rows=lam.cuda(), cu_seqlens=cu.cuda())
+        want = OPS._warp_emulated_advantages_backward(*args, lam_rows=lam, cu_seqlens=cu)
+        assert_bitwise(got, want, f"packed adjoint {lengths} logprobs={cut[0] is not None}")

@@ -24,9 +24,9 @@ void check_cuda(cudaError_t err, const char* what) {
 template <bool Adjoint>
 void run_scan(const Prepared& pr, const Tensor& like) {
   const OnDevice on(like);
-  const Schedule sc =
-      choose_schedule(pr.args.B, pr.args.T, cuda::device_sm_count(like.get_device_index()));
-  const size_t bytes = scan_workspace_bytes(sc, pr.args.B, pr.use_double);
+  const Schedule sc = choose_schedule(pr.args.B, pr.args.T, cuda::device_sm_count(like.get_device_index()),
+                                      pr.args.cu.ptr != nullptr);
+  const size_t bytes = scan_workspace_bytes(sc, pr.use_double, pr.args.critic);
   // Held until the launch is queued; the caching allocator keeps it for this stream's work.
   Tensor ws;
   if (bytes) ws = torch::stable::new_empty(like, {int64_t(bytes)}, torch::headeronly::ScalarType::Byte);
@@ -49,16 +49,6 @@ Options variants(const OptTensor& lam_rows, const OptTensor& lam_inner_rows,
   return o;
 }
 
-// TEMPORARY (removed when the CUDA kernels of issue 12 land): the arguments the scan does not
-// read yet are refused rather than ignored.
-void require_kernel_support(const ScanArgs& a) {
-  if (a.B == 0 || a.T == 0) return;  // empty tensors have null data pointers
-  SAE_CHECK(a.cu.ptr == nullptr && !a.critic && a.mask.ptr != nullptr && a.cut.src.ptr != nullptr &&
-                a.lam_rows.ptr == nullptr && a.lam_inner_rows.ptr == nullptr,
-            "sae (CUDA): this build's kernels do not support per-row lambdas, lam_critic, packed "
-            "rows, an absent mask or absent logprobs yet");
-}
-
 std::tuple<Tensor, Tensor> advantages_cuda(
     const Tensor& rewards, const Tensor& values, const OptTensor& logprobs, const OptTensor& mask,
     double gamma, double lam, double lam_inner, double threshold, const OptTensor& bootstrap,
@@ -68,7 +58,6 @@ std::tuple<Tensor, Tensor> advantages_cuda(
       "sae.advantages", DeviceType::CUDA, rewards, values, logprobs, true, mask, gamma, lam,
       lam_inner, threshold, bootstrap,
       variants(lam_rows, lam_inner_rows, lam_critic, lam_critic_rows, cu_seqlens));
-  require_kernel_support(pr.args);
   run_scan<false>(pr, rewards);
   return {pr.out0, pr.out1};
 }
@@ -84,7 +73,6 @@ std::tuple<Tensor, Tensor> advantages_out_cuda(
   o.out1 = out_returns;
   Prepared pr = prepare_forward("sae.advantages.out", DeviceType::CUDA, rewards, values, logprobs,
                                 true, mask, gamma, lam, lam_inner, threshold, bootstrap, o);
-  require_kernel_support(pr.args);
   run_scan<false>(pr, rewards);
   return {out_advantages, out_returns};
 }
@@ -98,7 +86,6 @@ std::tuple<Tensor, Tensor> advantages_from_boundaries_cuda(
       "sae.advantages_from_boundaries", DeviceType::CUDA, rewards, values, boundaries, false,
       mask, gamma, lam, lam_inner, 0.0, bootstrap,
       variants(lam_rows, lam_inner_rows, lam_critic, lam_critic_rows, cu_seqlens));
-  require_kernel_support(pr.args);
   run_scan<false>(pr, rewards);
   return {pr.out0, pr.out1};
 }
@@ -112,7 +99,6 @@ std::tuple<Tensor, Tensor, Tensor> advantages_backward_cuda(
       "sae.advantages_backward", DeviceType::CUDA, grad_advantages, grad_returns, mask, logprobs,
       boundaries, gamma, lam, lam_inner, threshold,
       variants(lam_rows, lam_inner_rows, std::nullopt, std::nullopt, cu_seqlens));
-  require_kernel_support(pr.args);
   run_scan<true>(pr, mask);
   return {pr.out0, pr.out1, pr.out2};
 }

@@ -43,28 +43,28 @@ struct DeviceBlock {
   __device__ __forceinline__ void sync() const { __syncthreads(); }
 };
 
-template <class L, bool Adjoint>
+template <class L, bool Adjoint, bool Critic>
 __global__ void __launch_bounds__(kMaxRowWarps * kWarpSize, kMinBlocksPerSm)
     rows_kernel(const ScanArgs s, const VecFlags vec) {
   __shared__ alignas(16) unsigned char smem[kSharedBytes];
   DeviceWarp warp;
   DeviceBlock blk{smem};
-  scan_rows_per_block<L, Adjoint>(warp, blk, s, vec);
+  scan_rows_per_block<L, Adjoint, Critic>(warp, blk, s, vec);
 }
 
-template <class L, bool Adjoint, bool Replay>
+template <class L, bool Adjoint, bool Replay, bool Critic>
 __global__ void __launch_bounds__(kSplitWarps * kWarpSize, kMinBlocksPerSm)
     split_kernel(const ScanArgs s, const VecFlags vec, void* ws) {
   DeviceWarp warp;
   DeviceBlock blk{nullptr};
-  split_chunks<L, Adjoint, Replay>(warp, blk, s, vec, ws);
+  split_chunks<L, Adjoint, Replay, Critic>(warp, blk, s, vec, ws);
 }
 
-template <typename acc_t, bool Adjoint>
+template <typename acc_t, bool Adjoint, bool Critic>
 __global__ void __launch_bounds__(kChainThreads) chain_kernel(const ScanArgs s, void* ws) {
   for (int64_t row = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; row < s.B;
        row += int64_t(gridDim.x) * blockDim.x)
-    split_chain_row<acc_t, Adjoint>(s, ws, row);
+    split_chain_row<acc_t, Adjoint, Critic>(s, ws, row);
 }
 
 // 2-D grid: x over a row's runs of 8 tokens, y over rows (grid-stride both ways), so no
@@ -87,6 +87,22 @@ inline int device_sm_count(int device) {
   return sm;
 }
 
+// The kernels of schedule sc for loader L.
+template <class L, bool Adjoint, bool Critic>
+void launch_schedule(const ScanArgs& s, const VecFlags& vec, const Schedule& sc, void* ws,
+                     cudaStream_t stream) {
+  using acc_t = typename L::acc;
+  if (sc.kind == ScheduleKind::RowPerBlock) {
+    rows_kernel<L, Adjoint, Critic><<<unsigned(sc.blocks), unsigned(sc.warps * kWarpSize), 0, stream>>>(s, vec);
+    return;
+  }
+  if (sc.blocks == 0) return;
+  const unsigned threads = kSplitWarps * kWarpSize;
+  split_kernel<L, Adjoint, false, Critic><<<unsigned(sc.blocks), threads, 0, stream>>>(s, vec, ws);
+  chain_kernel<acc_t, Adjoint, Critic><<<unsigned(sc.chain_blocks), kChainThreads, 0, stream>>>(s, ws);
+  split_kernel<L, Adjoint, true, Critic><<<unsigned(sc.blocks), threads, 0, stream>>>(s, vec, ws);
+}
+
 // The forward (Adjoint = false) or adjoint scan of s with schedule sc (choose_schedule);
 // ws: scan_workspace_bytes(sc, ...) bytes of device memory, or null when that is 0.
 template <bool Adjoint>
@@ -94,18 +110,16 @@ cudaError_t launch_scan(const ScanArgs& s, bool use_double, const Schedule& sc, 
                         cudaStream_t stream) {
   if (s.B == 0) return cudaSuccess;
   const VecFlags vec = vec_flags(s, use_double ? 8 : 4);
-  with_loader<Adjoint>(s, use_double, false, [&](auto loader) {
-    using L = decltype(loader);
-    using acc_t = typename L::acc;
-    if (sc.kind == ScheduleKind::RowPerBlock) {
-      rows_kernel<L, Adjoint><<<unsigned(sc.blocks), unsigned(sc.warps * kWarpSize), 0, stream>>>(s, vec);
-      return;
+  if constexpr (!Adjoint) {
+    if (s.critic) {
+      with_critic_loader(use_double, [&](auto loader) {
+        launch_schedule<decltype(loader), false, true>(s, vec, sc, ws, stream);
+      });
+      return cudaGetLastError();
     }
-    if (sc.blocks == 0) return;
-    const unsigned threads = kSplitWarps * kWarpSize;
-    split_kernel<L, Adjoint, false><<<unsigned(sc.blocks), threads, 0, stream>>>(s, vec, ws);
-    chain_kernel<acc_t, Adjoint><<<unsigned(sc.chain_blocks), kChainThreads, 0, stream>>>(s, ws);
-    split_kernel<L, Adjoint, true><<<unsigned(sc.blocks), threads, 0, stream>>>(s, vec, ws);
+  }
+  with_loader<Adjoint>(s, use_double, false, [&](auto loader) {
+    launch_schedule<decltype(loader), Adjoint, false>(s, vec, sc, ws, stream);
   });
   return cudaGetLastError();
 }

@@ -1,7 +1,8 @@
 // How a chunk's inputs reach a lane's registers. A loader has a Raw type (what is in
 // flight: raw words) and turns it into a Tile (sae_warp.h) when the chunk is scanned:
 //   SpecLoader<acc, V, M, C>: storage kinds fixed at compile time (values V for both
-//     rewards and values, or both gradients; mask M; cut source C), every load of a chunk
+//     rewards and values, or both gradients; mask M; cut source C; M or C may be kAbsent,
+//     the call has no such tensor and nothing is read for it), every load of a chunk
 //     issued by load() before any value is used;
 //   GenericLoader<acc>: kinds read at run time, one switch per tensor per chunk outside
 //     the unrolled element loops (so it, too, keeps everything in registers).
@@ -29,10 +30,33 @@ inline bool run_aligned(const void* ptr, int64_t row_stride, int64_t st, int ele
          (row_stride * elem_size) % align == 0;
 }
 
+// Packed rows (cu_seqlens) share one 1-D tensor, so the inputs' and outputs' flags say only
+// that the tensor is contiguous and aligned; row_vec() then keeps them for the rows whose
+// first token starts an aligned run.
 inline VecFlags vec_flags(const ScanArgs& s, int acc_size) {
   const auto ok = [](const Mat& m) { return run_aligned(m.ptr, m.sb, m.st, kind_size(m.kind)); };
+  const int64_t out_row = s.cu.ptr != nullptr ? 0 : s.T;
   return VecFlags{ok(s.a), ok(s.b), ok(s.mask), ok(s.cut.src),
-                  run_aligned(s.out0, s.T, 1, acc_size) && run_aligned(s.out1, s.T, 1, acc_size)};
+                  run_aligned(s.out0, out_row, 1, acc_size) && run_aligned(s.out1, out_row, 1, acc_size)};
+}
+
+// The flags for row `row` starting at token `start` of the tensors: a run of kPerLane
+// elements of any kind is aligned iff the tensor is and start is a multiple of kPerLane.
+SAE_HD VecFlags row_vec(const VecFlags& v, const ScanArgs& s, int64_t start) {
+  if (s.cu.ptr == nullptr || start % kPerLane == 0) return v;
+  return VecFlags{false, false, false, false, false};
+}
+
+// What a loader holds for an absent tensor: nothing.
+struct NoRun {};
+
+template <Kind K>
+using RunOrNone = std::conditional_t<K == kAbsent, NoRun, Run<K>>;
+
+template <Kind K>
+SAE_HD RunOrNone<K> load_run_or_none(const Mat& m, int64_t row, int64_t t0, int n, bool vec) {
+  if constexpr (K == kAbsent) return NoRun{};
+  else return load_run<K>(m, row, t0, n, vec);
 }
 
 template <typename acc_t, Kind V, Kind M, Kind C>
@@ -40,28 +64,38 @@ struct SpecLoader {
   using acc = acc_t;
   struct Raw {
     Run<V> a, b;
-    Run<M> m;
-    Run<C> c;
+    RunOrNone<M> m;
+    RunOrNone<C> c;
+    int n;  // tokens present: with a mask, missing ones read as masked anyway
   };
   static SAE_HD Raw load(const ScanArgs& s, const VecFlags& vec, int64_t row, int64_t t0, int n) {
     return Raw{load_run<V>(s.a, row, t0, n, vec.a), load_run<V>(s.b, row, t0, n, vec.b),
-               load_run<M>(s.mask, row, t0, n, vec.mask),
-               load_run<C>(s.cut.src, row, t0, n, vec.cut)};
+               load_run_or_none<M>(s.mask, row, t0, n, vec.mask),
+               load_run_or_none<C>(s.cut.src, row, t0, n, vec.cut), n};
   }
-  // Missing tokens were loaded as zeros, so their mask reads false: no count is needed here.
-  static SAE_HD void decode(const ScanArgs& s, const Raw& r, Tile<acc_t>& t) {
+  static SAE_HD void decode(const ScanArgs& s, const Raw& r, const RowLambdas<acc_t>& rl,
+                            Tile<acc_t>& t) {
     SAE_UNROLL
     for (int k = 0; k < kPerLane; ++k) {
       t.x[k] = run_value<acc_t>(r.a, k);
       t.y[k] = run_value<acc_t>(r.b, k);
-      t.lam[k] = lambda_or_invalid<acc_t>(run_nonzero(r.m, k),
-                                          run_cut(r.c, k, s.p, C != Kind::B8), s.p);
+      bool valid, cut;
+      if constexpr (M == kAbsent) valid = k < r.n;
+      else valid = run_nonzero(r.m, k);
+      if constexpr (C == kAbsent) cut = false;
+      else cut = run_cut(r.c, k, s.p, C != Kind::B8);
+      t.lam[k] = lambda_or_invalid<acc_t>(valid, cut, rl);
     }
   }
   // Does this loader read these tensors? (A null gradient reads as zeros whatever its kind.)
   static bool matches(const ScanArgs& s) {
+    const bool mask_ok = M == kAbsent ? s.mask.ptr == nullptr
+                                      : s.mask.ptr != nullptr && s.mask.kind == M;
+    const bool cut_ok = C == kAbsent ? s.cut.src.ptr == nullptr
+                                     : s.cut.src.ptr != nullptr && s.cut.src.kind == C &&
+                                           s.cut.from_logprobs == (C != Kind::B8);
     return (s.a.ptr == nullptr || s.a.kind == V) && (s.b.ptr == nullptr || s.b.kind == V) &&
-           s.mask.kind == M && s.cut.src.kind == C && (s.cut.from_logprobs == (C != Kind::B8));
+           mask_ok && cut_ok;
   }
 };
 
@@ -116,20 +150,32 @@ SAE_HD uint32_t load_flags_any(const Mat& m, int64_t row, int64_t t0, int n, boo
 template <typename acc_t>
 struct GenericLoader {
   using acc = acc_t;
-  using Raw = Tile<acc_t>;
+  struct Raw {
+    acc_t x[kPerLane], y[kPerLane];
+    uint32_t valid, cut;  // bit k: token k is valid / starts a segment
+  };
   static SAE_HD Raw load(const ScanArgs& s, const VecFlags& vec, int64_t row, int64_t t0, int n) {
-    Raw t;
-    detail::load_numbers_any(s.a, row, t0, n, vec.a, t.x);
-    detail::load_numbers_any(s.b, row, t0, n, vec.b, t.y);
-    const uint32_t valid = detail::load_flags_any(s.mask, row, t0, n, vec.mask, s.p, false, false);
-    const uint32_t cut =
-        detail::load_flags_any(s.cut.src, row, t0, n, vec.cut, s.p, true, s.cut.from_logprobs);
-    SAE_UNROLL
-    for (int k = 0; k < kPerLane; ++k)
-      t.lam[k] = lambda_or_invalid<acc_t>((valid >> k) & 1u, (cut >> k) & 1u, s.p);
-    return t;
+    Raw r;
+    detail::load_numbers_any(s.a, row, t0, n, vec.a, r.x);
+    detail::load_numbers_any(s.b, row, t0, n, vec.b, r.y);
+    // Absent tensors: one test per chunk, outside the element loops.
+    r.valid = s.mask.ptr != nullptr
+                  ? detail::load_flags_any(s.mask, row, t0, n, vec.mask, s.p, false, false)
+                  : (n > 0 ? (1u << n) - 1u : 0u);
+    r.cut = s.cut.src.ptr != nullptr
+                ? detail::load_flags_any(s.cut.src, row, t0, n, vec.cut, s.p, true, s.cut.from_logprobs)
+                : 0u;
+    return r;
   }
-  static SAE_HD void decode(const ScanArgs&, const Raw& r, Tile<acc_t>& t) { t = r; }
+  static SAE_HD void decode(const ScanArgs&, const Raw& r, const RowLambdas<acc_t>& rl,
+                            Tile<acc_t>& t) {
+    SAE_UNROLL
+    for (int k = 0; k < kPerLane; ++k) {
+      t.x[k] = r.x[k];
+      t.y[k] = r.y[k];
+      t.lam[k] = lambda_or_invalid<acc_t>((r.valid >> k) & 1u, (r.cut >> k) & 1u, rl);
+    }
+  }
   static bool matches(const ScanArgs&) { return true; }
 };
 
@@ -137,24 +183,31 @@ struct GenericLoader {
 template <class... L>
 struct LoaderList {};
 
+// kAbsent columns: GAE without log-probs (no cut source) and packed rows without a mask.
 using ForwardFloatLoaders = LoaderList<
     SpecLoader<float, Kind::F32, Kind::B8, Kind::F32>, SpecLoader<float, Kind::F32, Kind::F32, Kind::F32>,
     SpecLoader<float, Kind::F32, Kind::B8, Kind::B8>, SpecLoader<float, Kind::F32, Kind::F32, Kind::B8>,
+    SpecLoader<float, Kind::F32, Kind::B8, kAbsent>, SpecLoader<float, Kind::F32, kAbsent, Kind::F32>,
+    SpecLoader<float, Kind::F32, kAbsent, kAbsent>,
     SpecLoader<float, Kind::BF16, Kind::B8, Kind::BF16>, SpecLoader<float, Kind::BF16, Kind::BF16, Kind::BF16>,
     SpecLoader<float, Kind::BF16, Kind::B8, Kind::B8>, SpecLoader<float, Kind::BF16, Kind::BF16, Kind::B8>,
+    SpecLoader<float, Kind::BF16, Kind::B8, kAbsent>, SpecLoader<float, Kind::BF16, kAbsent, Kind::BF16>,
+    SpecLoader<float, Kind::BF16, kAbsent, kAbsent>,
     SpecLoader<float, Kind::F16, Kind::B8, Kind::F16>, SpecLoader<float, Kind::F16, Kind::F16, Kind::F16>,
     SpecLoader<float, Kind::F16, Kind::B8, Kind::B8>, SpecLoader<float, Kind::F16, Kind::F16, Kind::B8>>;
 using ForwardDoubleLoaders = LoaderList<
     SpecLoader<double, Kind::F64, Kind::B8, Kind::F64>, SpecLoader<double, Kind::F64, Kind::F64, Kind::F64>,
-    SpecLoader<double, Kind::F64, Kind::B8, Kind::B8>, SpecLoader<double, Kind::F64, Kind::F64, Kind::B8>>;
+    SpecLoader<double, Kind::F64, Kind::B8, Kind::B8>, SpecLoader<double, Kind::F64, Kind::F64, Kind::B8>,
+    SpecLoader<double, Kind::F64, Kind::B8, kAbsent>>;
 // Gradients arrive in the outputs' dtype (float32 / float64); the cut source is whatever the
 // forward pass was given.
 using AdjointFloatLoaders = LoaderList<
     SpecLoader<float, Kind::F32, Kind::B8, Kind::F32>, SpecLoader<float, Kind::F32, Kind::F32, Kind::F32>,
     SpecLoader<float, Kind::F32, Kind::B8, Kind::BF16>, SpecLoader<float, Kind::F32, Kind::B8, Kind::F16>,
-    SpecLoader<float, Kind::F32, Kind::B8, Kind::B8>>;
+    SpecLoader<float, Kind::F32, Kind::B8, Kind::B8>, SpecLoader<float, Kind::F32, Kind::B8, kAbsent>>;
 using AdjointDoubleLoaders = LoaderList<
-    SpecLoader<double, Kind::F64, Kind::B8, Kind::F64>, SpecLoader<double, Kind::F64, Kind::B8, Kind::B8>>;
+    SpecLoader<double, Kind::F64, Kind::B8, Kind::F64>, SpecLoader<double, Kind::F64, Kind::B8, Kind::B8>,
+    SpecLoader<double, Kind::F64, Kind::B8, kAbsent>>;
 
 namespace detail {
 
@@ -185,6 +238,14 @@ void with_loader(const ScanArgs& s, bool use_double, bool force_generic, F&& f) 
     using List = std::conditional_t<Adjoint, AdjointFloatLoaders, ForwardFloatLoaders>;
     if (force_generic || !detail::try_loaders(List{}, s, f)) f(GenericLoader<float>{});
   }
+}
+
+// The forward scan with a critic chain (ScanArgs::critic) runs on the generic loaders only:
+// it is the rarer call, and every specialised loader would cost three more kernels.
+template <class F>
+void with_critic_loader(bool use_double, F&& f) {
+  if (use_double) f(GenericLoader<double>{});
+  else f(GenericLoader<float>{});
 }
 
 }  // namespace sae

@@ -29,6 +29,11 @@ constexpr int kind_bytes(Kind k) {
                                                                    : 1;
 }
 
+// A loader's stand-in kind for a tensor the call does not have (no mask: every token valid;
+// no cut source: no token starts a segment), so that its absence is decided at compile time
+// and nothing is loaded for it.
+constexpr Kind kAbsent = static_cast<Kind>(-1);
+
 template <Kind K>
 struct Run {
   static constexpr int kSize = kind_bytes(K);
@@ -156,13 +161,12 @@ SAE_HD bool run_cut(const Run<K>& r, int k, const Params& p, bool from_logprobs)
   }
 }
 
-// Writes x[0..n) to a contiguous acc_t row at p; full runs with typed 128-bit streaming
-// stores when `vec` (outputs are written once and not read again by this kernel).
+// Writes x[0..n) to a contiguous acc_t output at element `at`; full runs with typed 128-bit
+// streaming stores when `vec` (outputs are written once and not read again by this kernel).
 template <typename acc_t>
-SAE_HD void store_run(void* out, int64_t T, int64_t row, int64_t t0, int n, bool vec,
-                      const acc_t (&x)[kPerLane]) {
+SAE_HD void store_run(void* out, int64_t at, int n, bool vec, const acc_t (&x)[kPerLane]) {
   if (n <= 0) return;
-  acc_t* p = static_cast<acc_t*>(out) + row * T + t0;
+  acc_t* p = static_cast<acc_t*>(out) + at;
 #if defined(__CUDA_ARCH__)
   if (vec && n == kPerLane) {
     if constexpr (sizeof(acc_t) == 4) {

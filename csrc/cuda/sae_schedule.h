@@ -32,7 +32,9 @@ constexpr int kChainThreads = 128;   // SplitRow pass 2: threads (rows) per bloc
 constexpr int kTargetWarpsPerSm = 32;
 constexpr int64_t kSplitMinChunks = 16;  // rows of >= 4096 tokens may be split
 constexpr int64_t kMaxGrid = 0x7fffffff;
-constexpr int kSharedBytes = kMaxRowWarps * 3 * 8;
+// RowPerBlock's shared memory: per warp a chunk total and a carry in, for the scan and for
+// a critic chain.
+constexpr int kSharedBytes = kMaxRowWarps * 6 * 8;
 
 enum class ScheduleKind : int { RowPerBlock = 0, SplitRow = 1 };
 
@@ -41,7 +43,8 @@ struct Schedule {
   int warps;             // warps per block (RowPerBlock: W; SplitRow: passes 1 and 3)
   int64_t blocks;        // grid of the scan kernel (RowPerBlock) or of passes 1 and 3
   int64_t chain_blocks;  // SplitRow: grid of pass 2
-  int64_t nchunks;
+  int64_t nchunks;       // chunks of a padded row (packed rows: of all N tokens)
+  int64_t slots;         // SplitRow: chunk slots of the workspace (chunk_slot)
 };
 
 SAE_HD int64_t num_chunks(int64_t T) { return (T + kChunk - 1) / kChunk; }
@@ -52,22 +55,40 @@ SAE_HD int64_t chunk_at(int64_t nchunks, int64_t pos) {
   return Adjoint ? pos : nchunks - 1 - pos;
 }
 
+// Workspace slots of a split call. Padded rows: row * nchunks + chunk. Packed rows: row b's
+// chunk c is slot start_b / kChunk + b + c, which is below that of row b + 1's first chunk
+// (floor((start + len) / kChunk) >= floor(start / kChunk) + ceil(len / kChunk) - 1) and
+// below num_chunks(N) + B for any offsets row_span() yields, so no row-length prefix sum
+// is needed and unchecked offsets still stay in bounds.
+SAE_HD int64_t num_slots(int64_t B, int64_t T, bool packed) {
+  return packed ? num_chunks(T) + B : B * num_chunks(T);
+}
+
+SAE_HD int64_t first_slot(const ScanArgs& s, int64_t row, const RowSpan& sp) {
+  return s.cu.ptr != nullptr ? sp.start / kChunk + row : row * num_chunks(s.T);
+}
+
 inline int pow2_at_least(int64_t x, int cap) {
   int p = 1;
   while (p < x && p < cap) p <<= 1;
   return p;
 }
 
-inline Schedule row_schedule(int64_t B, int64_t T, int warps) {
-  const int w = std::max(1, std::min(warps, kMaxRowWarps));
-  return Schedule{ScheduleKind::RowPerBlock, w, std::min(B, kMaxGrid), 0, num_chunks(T)};
+// Packed rows are planned for their mean length (the host never reads the offsets).
+inline int64_t planned_row_chunks(int64_t B, int64_t T, bool packed) {
+  return packed ? num_chunks(B > 0 ? T / B : T) : num_chunks(T);
 }
 
-inline Schedule split_schedule(int64_t B, int64_t T) {
-  const int64_t n = num_chunks(T), units = B * n;
+inline Schedule row_schedule(int64_t B, int64_t T, int warps) {
+  const int w = std::max(1, std::min(warps, kMaxRowWarps));
+  return Schedule{ScheduleKind::RowPerBlock, w, std::min(B, kMaxGrid), 0, num_chunks(T), 0};
+}
+
+inline Schedule split_schedule(int64_t B, int64_t T, bool packed = false) {
+  const int64_t n = num_chunks(T), units = num_slots(B, T, packed);
   return Schedule{ScheduleKind::SplitRow, kSplitWarps,
                   std::min((units + kSplitWarps - 1) / kSplitWarps, kMaxGrid),
-                  std::min((B + kChainThreads - 1) / kChainThreads, kMaxGrid), n};
+                  std::min((B + kChainThreads - 1) / kChainThreads, kMaxGrid), n, units};
 }
 
 // The host's choice, from the shape and the device's SM count only (never affects bits).
@@ -75,20 +96,20 @@ inline Schedule split_schedule(int64_t B, int64_t T) {
 // every SM one block) and they are long enough (>= 16 chunks) for three launches and a
 // second read of the inputs to pay. Otherwise a block per row, with enough warps per row
 // (power of two, at most 8, at most the row's chunks) that B * W reaches about 32 warps per
-// SM.
-inline Schedule choose_schedule(int64_t B, int64_t T, int sm_count) {
-  const int64_t n = num_chunks(T);
-  if (B < sm_count && n >= kSplitMinChunks) return split_schedule(B, T);
+// SM. Packed rows (T = N tokens in all) are judged by their mean length.
+inline Schedule choose_schedule(int64_t B, int64_t T, int sm_count, bool packed = false) {
+  const int64_t n = planned_row_chunks(B, T, packed);
+  if (B < sm_count && n >= kSplitMinChunks) return split_schedule(B, T, packed);
   const int64_t want = (int64_t(sm_count) * kTargetWarpsPerSm + B - 1) / std::max<int64_t>(B, 1);
   return row_schedule(B, T, std::min(pow2_at_least(want, kMaxRowWarps),
                                      pow2_at_least(std::max<int64_t>(n, 1), kMaxRowWarps)));
 }
 
-// Bytes of device workspace the schedule needs (SplitRow: per chunk its total map and its
-// carry in), allocated by the caller.
-inline size_t scan_workspace_bytes(const Schedule& sc, int64_t B, bool use_double) {
+// Bytes of device workspace the schedule needs (SplitRow: per chunk slot its total map and
+// its carry in, twice with a critic chain), allocated by the caller.
+inline size_t scan_workspace_bytes(const Schedule& sc, bool use_double, bool critic = false) {
   if (sc.kind != ScheduleKind::SplitRow) return 0;
-  return size_t(3 * B * sc.nchunks) * (use_double ? 8 : 4);
+  return size_t((critic ? 6 : 3) * sc.slots) * (use_double ? 8 : 4);
 }
 
 template <typename acc_t, bool Adjoint>
@@ -102,32 +123,64 @@ SAE_HD void finish_row(const ScanArgs& s, int64_t row, acc_t carry) {
   if (Adjoint && s.out2 != nullptr) static_cast<acc_t*>(s.out2)[row] = carry;
 }
 
-template <class L, bool Adjoint>
-SAE_HD typename L::Raw load_chunk(const ScanArgs& s, const VecFlags& vec, int64_t row,
-                                  int64_t chunk, int lane) {
-  const int64_t t0 = lane_t0(chunk, lane);
-  return L::load(s, vec, row, t0, lane_count(s.T, t0));
+// What every thread of a row needs before its chunks: where its tokens are, its lambdas and
+// its wide-load flags.
+template <typename acc_t>
+struct RowInfo {
+  RowSpan span;
+  RowLambdas<acc_t> lam;
+  VecFlags vec;
+  int64_t nchunks;
+};
+
+template <typename acc_t>
+SAE_HD RowInfo<acc_t> row_info(const ScanArgs& s, const VecFlags& vec, int64_t row) {
+  const RowSpan sp = row_span(s, row);
+  return RowInfo<acc_t>{sp, row_lambdas<acc_t>(s, row), row_vec(vec, s, sp.start), num_chunks(sp.len)};
 }
 
-// RowPerBlock. Every thread of the block must call it (it synchronises the block).
-template <class L, bool Adjoint, class Warp, class Block>
+template <class L, typename acc_t>
+SAE_HD typename L::Raw load_chunk(const ScanArgs& s, const RowInfo<acc_t>& ri, int64_t row,
+                                  int64_t chunk, int lane) {
+  const int64_t t0 = lane_t0(chunk, lane);
+  return L::load(s, ri.vec, row, ri.span.start + t0, lane_count(ri.span.len, t0));
+}
+
+// Decodes, scans and replays chunk `chunk` of a row whose carry in is known.
+template <class L, bool Adjoint, bool Critic, typename acc_t>
+SAE_HD void replay_chunk(const ScanArgs& s, const RowInfo<acc_t>& ri, int64_t chunk, int lane,
+                         const Tile<acc_t>& t, const ChunkMaps<acc_t>& m, Carry<acc_t> cin) {
+  const int64_t t0 = lane_t0(chunk, lane);
+  chunk_replay_store<Adjoint, Critic>(s, ri.vec.out, ri.span.out_offset + t0,
+                                      lane_count(ri.span.len, t0), t, ri.lam.lam_critic, m, cin);
+}
+
+// RowPerBlock. Every thread of the block must call it (it synchronises the block). Rows
+// have their own lengths (packed rows): every thread of the block reads the same row
+// span, so the block's loops and barriers stay uniform.
+template <class L, bool Adjoint, bool Critic, class Warp, class Block>
 SAE_HD void scan_rows_per_block(Warp& warp, Block& blk, const ScanArgs& s, const VecFlags& vec) {
   using acc_t = typename L::acc;
   using Raw = typename L::Raw;
-  // Two chunks in flight per warp for float32 work; float64 work would need more than the
-  // 128 registers a thread may have at 2 blocks per SM, and would spill.
-  constexpr bool kPrefetch = sizeof(acc_t) == 4;
+  // Two chunks in flight per warp for float32 work; float64 work (or a critic chain's
+  // second set of maps) would need more than the 128 registers a thread may have at 2
+  // blocks per SM, and would spill.
+  constexpr bool kPrefetch = sizeof(acc_t) == 4 && !Critic;
   const int lane = warp.lane(), w = blk.warp_index(), W = blk.num_warps();
   const bool leader = w == 0 && lane == 0;
   Affine<acc_t>* totals = static_cast<Affine<acc_t>*>(blk.shared());
-  acc_t* carry_in = reinterpret_cast<acc_t*>(totals + kMaxRowWarps);
-  const int64_t nchunks = num_chunks(s.T);
+  Affine<acc_t>* ctotals = totals + kMaxRowWarps;
+  acc_t* carry_in = reinterpret_cast<acc_t*>(ctotals + kMaxRowWarps);
+  acc_t* ccarry_in = carry_in + kMaxRowWarps;
   const acc_t gamma = acc_t(s.p.gamma);
   for (int64_t row = blk.block_index(); row < s.B; row += blk.num_blocks()) {
-    acc_t carry = initial_carry<acc_t, Adjoint>(s, row);  // used by the leader only
+    const RowInfo<acc_t> ri = row_info<acc_t>(s, vec, row);
+    const int64_t nchunks = ri.nchunks;
+    // used by the leader only
+    acc_t carry = initial_carry<acc_t, Adjoint>(s, row), ccarry = carry;
     Raw next{};
     if (kPrefetch && w < nchunks)
-      next = load_chunk<L, Adjoint>(s, vec, row, chunk_at<Adjoint>(nchunks, w), lane);
+      next = load_chunk<L>(s, ri, row, chunk_at<Adjoint>(nchunks, w), lane);
     for (int64_t base = 0; base < nchunks; base += W) {
       const int64_t pos = base + w;
       Raw cur{};
@@ -135,58 +188,115 @@ SAE_HD void scan_rows_per_block(Warp& warp, Block& blk, const ScanArgs& s, const
         cur = next;
         // The next round's loads go out before this round's scan and barriers.
         if (pos + W < nchunks)
-          next = load_chunk<L, Adjoint>(s, vec, row, chunk_at<Adjoint>(nchunks, pos + W), lane);
+          next = load_chunk<L>(s, ri, row, chunk_at<Adjoint>(nchunks, pos + W), lane);
       } else if (pos < nchunks) {
-        cur = load_chunk<L, Adjoint>(s, vec, row, chunk_at<Adjoint>(nchunks, pos), lane);
+        cur = load_chunk<L>(s, ri, row, chunk_at<Adjoint>(nchunks, pos), lane);
       }
       Tile<acc_t> t;
-      L::decode(s, cur, t);
-      Affine<acc_t> before, total;
-      chunk_maps<Adjoint>(warp, t, gamma, before, total);
-      if (lane == 0) totals[w] = total;
+      L::decode(s, cur, ri.lam, t);
+      const ChunkMaps<acc_t> m = chunk_maps<Adjoint, Critic>(warp, t, gamma, ri.lam.lam_critic);
+      if (lane == 0) {
+        totals[w] = m.total;
+        if (Critic) ctotals[w] = m.ctotal;
+      }
       blk.sync();
       if (leader) {
         const int64_t nw = nchunks - base < W ? nchunks - base : W;
         for (int i = 0; i < nw; ++i) {
           carry_in[i] = carry;
           carry = apply(totals[i], carry);
+          if (Critic) {
+            ccarry_in[i] = ccarry;
+            ccarry = apply(ctotals[i], ccarry);
+          }
         }
       }
       blk.sync();
-      if (pos < nchunks) {
-        const int64_t t0 = lane_t0(chunk_at<Adjoint>(nchunks, pos), lane);
-        chunk_replay_store<Adjoint>(s, vec.out, row, t0, lane_count(s.T, t0), t, before,
-                                    carry_in[w]);
-      }
+      if (pos < nchunks)
+        replay_chunk<L, Adjoint, Critic>(s, ri, chunk_at<Adjoint>(nchunks, pos), lane, t, m,
+                                         Carry<acc_t>{carry_in[w], Critic ? ccarry_in[w] : acc_t(0)});
     }
     if (leader) finish_row<acc_t, Adjoint>(s, row, carry);
   }
 }
 
-// SplitRow workspace: [B * nchunks] total.a, then total.b, then carry in; index row * nchunks
-// + chunk.
+// SplitRow workspace: [slots] total.a, total.b, carry in, then (critic chain) the same for
+// it; index chunk_slot.
 template <typename acc_t>
 struct SplitWorkspace {
-  acc_t* ta;
-  acc_t* tb;
-  acc_t* cin;
-  SAE_HD SplitWorkspace(void* ws, int64_t units)
-      : ta(static_cast<acc_t*>(ws)), tb(ta + units), cin(ta + 2 * units) {}
+  acc_t *ta, *tb, *cin, *cta, *ctb, *ccin;
+  SAE_HD SplitWorkspace(void* ws, int64_t slots)
+      : ta(static_cast<acc_t*>(ws)), tb(ta + slots), cin(ta + 2 * slots), cta(ta + 3 * slots),
+        ctb(ta + 4 * slots), ccin(ta + 5 * slots) {}
 };
 
-// SplitRow pass 1 (Replay = false) and pass 3 (Replay = true): one warp per chunk,
-// grid-stride over the batch's chunks.
-template <class L, bool Adjoint, bool Replay, class Warp, class Block>
-SAE_HD void split_chunks(Warp& warp, Block& blk, const ScanArgs& s, const VecFlags& vec, void* ws) {
+// Packed rows: the row whose chunk occupies slot u (-1 if none; first_slot() is strictly
+// increasing in the row, so the last row whose first slot is <= u).
+SAE_HD int64_t slot_row(const ScanArgs& s, int64_t u) {
+  int64_t lo = 0, hi = s.B - 1;
+  const auto first = [&](int64_t b) {
+    int64_t c = load_index(s.cu, b);
+    c = c < 0 ? 0 : (c > s.T ? s.T : c);
+    return c / kChunk + b;
+  };
+  if (s.B <= 0 || first(0) > u) return -1;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo + 1) / 2;
+    if (first(mid) <= u) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+
+// One chunk of split pass 1 or 3.
+template <class L, bool Adjoint, bool Replay, bool Critic, class Warp>
+SAE_HD void split_chunk(Warp& warp, const ScanArgs& s, const RowInfo<typename L::acc>& ri,
+                        const SplitWorkspace<typename L::acc>& sw, int64_t row, int64_t chunk,
+                        int64_t u) {
   using acc_t = typename L::acc;
   const int lane = warp.lane();
-  const int64_t nchunks = num_chunks(s.T), units = s.B * nchunks;
-  const SplitWorkspace<acc_t> sw(ws, units);
-  // Unit u = row * nchunks + chunk, grid-stride; (row, chunk) advance by the stride's
-  // quotient and remainder so the loop has no 64-bit division.
+  const typename L::Raw raw = load_chunk<L>(s, ri, row, chunk, lane);
+  Tile<acc_t> t;
+  L::decode(s, raw, ri.lam, t);
+  const ChunkMaps<acc_t> m = chunk_maps<Adjoint, Critic>(warp, t, acc_t(s.p.gamma), ri.lam.lam_critic);
+  if (Replay) {
+    replay_chunk<L, Adjoint, Critic>(s, ri, chunk, lane, t, m,
+                                     Carry<acc_t>{sw.cin[u], Critic ? sw.ccin[u] : acc_t(0)});
+  } else if (lane == 0) {
+    sw.ta[u] = m.total.a;
+    sw.tb[u] = m.total.b;
+    if (Critic) {
+      sw.cta[u] = m.ctotal.a;
+      sw.ctb[u] = m.ctotal.b;
+    }
+  }
+}
+
+// SplitRow pass 1 (Replay = false) and pass 3 (Replay = true): one warp per chunk,
+// grid-stride over the batch's chunk slots.
+template <class L, bool Adjoint, bool Replay, bool Critic, class Warp, class Block>
+SAE_HD void split_chunks(Warp& warp, Block& blk, const ScanArgs& s, const VecFlags& vec, void* ws) {
+  using acc_t = typename L::acc;
+  const bool packed = s.cu.ptr != nullptr;
+  const int64_t slots = num_slots(s.B, s.T, packed);
+  const SplitWorkspace<acc_t> sw(ws, slots);
   const int64_t u0 = blk.block_index() * blk.num_warps() + blk.warp_index();
   const int64_t stride = blk.num_blocks() * blk.num_warps();
-  if (u0 >= units) return;
+  if (u0 >= slots) return;
+  if (packed) {  // every lane finds the same row: the warp stays converged
+    for (int64_t u = u0; u < slots; u += stride) {
+      const int64_t row = slot_row(s, u);
+      if (row < 0) continue;
+      const RowInfo<acc_t> ri = row_info<acc_t>(s, vec, row);
+      const int64_t chunk = u - first_slot(s, row, ri.span);
+      if (chunk >= ri.nchunks) continue;
+      split_chunk<L, Adjoint, Replay, Critic>(warp, s, ri, sw, row, chunk, u);
+    }
+    return;
+  }
+  // Padded rows: u = row * nchunks + chunk; (row, chunk) advance by the stride's quotient
+  // and remainder so the loop has no 64-bit division.
+  const int64_t nchunks = num_chunks(s.T);
   const int64_t dq = stride / nchunks, dr = stride - dq * nchunks;
   int64_t row = u0 / nchunks, chunk = u0 - row * nchunks;
   for (; row < s.B; row += dq, chunk += dr) {
@@ -195,49 +305,41 @@ SAE_HD void split_chunks(Warp& warp, Block& blk, const ScanArgs& s, const VecFla
       ++row;
       if (row >= s.B) break;
     }
-    const int64_t u = row * nchunks + chunk;
-    const typename L::Raw raw = load_chunk<L, Adjoint>(s, vec, row, chunk, lane);
-    Tile<acc_t> t;
-    L::decode(s, raw, t);
-    Affine<acc_t> before, total;
-    chunk_maps<Adjoint>(warp, t, acc_t(s.p.gamma), before, total);
-    if (Replay) {
-      const int64_t t0 = lane_t0(chunk, lane);
-      chunk_replay_store<Adjoint>(s, vec.out, row, t0, lane_count(s.T, t0), t, before, sw.cin[u]);
-    } else if (lane == 0) {
-      sw.ta[u] = total.a;
-      sw.tb[u] = total.b;
-    }
+    const RowInfo<acc_t> ri = row_info<acc_t>(s, vec, row);
+    split_chunk<L, Adjoint, Replay, Critic>(warp, s, ri, sw, row, chunk, row * nchunks + chunk);
   }
 }
 
 // SplitRow pass 2: row `row`'s carries, chained in processing order exactly as the
 // RowPerBlock leader chains them. Loads go out kBatch at a time ahead of the chain.
-template <typename acc_t, bool Adjoint>
+template <typename acc_t, bool Adjoint, bool Critic>
 SAE_HD void split_chain_row(const ScanArgs& s, void* ws, int64_t row) {
-  constexpr int kBatch = 16;
-  const int64_t nchunks = num_chunks(s.T);
-  const SplitWorkspace<acc_t> sw(ws, s.B * nchunks);
-  const acc_t* __restrict__ ta = sw.ta;
-  const acc_t* __restrict__ tb = sw.tb;
-  acc_t* __restrict__ cin = sw.cin;
-  acc_t carry = initial_carry<acc_t, Adjoint>(s, row);
+  constexpr int kBatch = Critic ? 8 : 16;
+  const RowSpan sp = row_span(s, row);
+  const int64_t nchunks = num_chunks(sp.len), u0 = first_slot(s, row, sp);
+  const SplitWorkspace<acc_t> sw(ws, num_slots(s.B, s.T, s.cu.ptr != nullptr));
+  const acc_t init = initial_carry<acc_t, Adjoint>(s, row);
+  Carry<acc_t> carry{init, init};
   for (int64_t base = 0; base < nchunks; base += kBatch) {
-    Affine<acc_t> f[kBatch];
+    Affine<acc_t> f[kBatch], g[kBatch];
     SAE_UNROLL
     for (int i = 0; i < kBatch; ++i) {
-      const int64_t u = row * nchunks + chunk_at<Adjoint>(nchunks, base + i);
-      f[i] = base + i < nchunks ? Affine<acc_t>{ta[u], tb[u]} : identity_map<acc_t>();
+      const int64_t u = u0 + chunk_at<Adjoint>(nchunks, base + i);
+      const bool in = base + i < nchunks;
+      f[i] = in ? Affine<acc_t>{sw.ta[u], sw.tb[u]} : identity_map<acc_t>();
+      g[i] = in && Critic ? Affine<acc_t>{sw.cta[u], sw.ctb[u]} : identity_map<acc_t>();
     }
     SAE_UNROLL
     for (int i = 0; i < kBatch; ++i) {
       if (base + i < nchunks) {
-        cin[row * nchunks + chunk_at<Adjoint>(nchunks, base + i)] = carry;
-        carry = apply(f[i], carry);
+        const int64_t u = u0 + chunk_at<Adjoint>(nchunks, base + i);
+        sw.cin[u] = carry.s;
+        if (Critic) sw.ccin[u] = carry.c;
+        carry = carry_out<Critic>(f[i], g[i], carry);
       }
     }
   }
-  finish_row<acc_t, Adjoint>(s, row, carry);
+  finish_row<acc_t, Adjoint>(s, row, carry.s);
 }
 
 }  // namespace sae

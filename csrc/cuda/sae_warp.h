@@ -80,66 +80,101 @@ struct Tile {
 };
 
 template <typename acc_t>
-SAE_HD acc_t lambda_or_invalid(bool valid, bool cut, const Params& p) {
-  return valid ? token_lambda<acc_t>(cut, p) : acc_t(-1);
+SAE_HD acc_t lambda_or_invalid(bool valid, bool cut, const RowLambdas<acc_t>& l) {
+  return valid ? token_lambda<acc_t>(cut, l) : acc_t(-1);
 }
 
-// The tokens of lane `lane` in chunk `chunk`: where they start and how many exist.
+// The tokens of lane `lane` in chunk `chunk`, relative to the row's first token: where they
+// start and how many of the row's `len` tokens exist.
 SAE_HD int64_t lane_t0(int64_t chunk, int lane) { return chunk * kChunk + int64_t(lane) * kPerLane; }
 
-SAE_HD int lane_count(int64_t T, int64_t t0) {
-  const int64_t left = T - t0;
+SAE_HD int lane_count(int64_t len, int64_t t0) {
+  const int64_t left = len - t0;
   return left <= 0 ? 0 : (left >= kPerLane ? kPerLane : int(left));
 }
 
+// A chunk's maps (sae_warp.h's step 2) and a row's carried state, each twice: the scan's own
+// and, Critic (forward only), the critic chain's, whose lambda_t is the row's lam_critic at
+// every valid token. Without a critic chain the second half is never computed.
+template <typename acc_t>
+struct ChunkMaps {
+  Affine<acc_t> before, total, cbefore, ctotal;
+};
+
+template <typename acc_t>
+struct Carry {
+  acc_t s, c;
+};
+
 // 1. This lane's tokens as one map, composed in processing order; masked tokens are the
-// identity (selected, not branched, so the warp never diverges).
-template <bool Adjoint, typename acc_t>
-SAE_HD Affine<acc_t> lane_map(const Tile<acc_t>& t, acc_t gamma) {
+// identity (selected, not branched, so the warp never diverges). Critic: the critic chain's
+// map, lambda_t = lc on every valid token.
+template <bool Adjoint, bool Critic, typename acc_t>
+SAE_HD Affine<acc_t> lane_map(const Tile<acc_t>& t, acc_t gamma, acc_t lc) {
   Affine<acc_t> mine = identity_map<acc_t>();
   SAE_UNROLL
   for (int j = 0; j < kPerLane; ++j) {
     const int k = Adjoint ? j : kPerLane - 1 - j;
+    const acc_t lam = Critic ? lc : t.lam[k];
     Affine<acc_t> tok;
-    if (Adjoint) adjoint_map(t.x[k], t.y[k], t.lam[k], gamma, tok.a, tok.b);
-    else forward_map(t.x[k], t.y[k], t.lam[k], gamma, tok.a, tok.b);
+    if (Adjoint) adjoint_map(t.x[k], t.y[k], lam, gamma, tok.a, tok.b);
+    else forward_map(t.x[k], t.y[k], lam, gamma, tok.a, tok.b);
     mine = select(t.lam[k] >= acc_t(0), compose(tok, mine), mine);
   }
   return mine;
 }
 
-// Replays a lane's tokens from the state entering the lane; masked tokens output 0.
-template <bool Adjoint, typename acc_t>
-SAE_HD void lane_replay(const Tile<acc_t>& t, acc_t gamma, acc_t state, acc_t (&o0)[kPerLane],
-                        acc_t (&o1)[kPerLane]) {
+// Replays a lane's tokens from the states entering the lane; masked tokens output 0. With a
+// critic chain, o1 (returns) comes from it, as the CPU kernel's critic pass computes them.
+template <bool Adjoint, bool Critic, typename acc_t>
+SAE_HD void lane_replay(const Tile<acc_t>& t, acc_t gamma, acc_t lc, Carry<acc_t> state,
+                        acc_t (&o0)[kPerLane], acc_t (&o1)[kPerLane]) {
   SAE_UNROLL
   for (int j = 0; j < kPerLane; ++j) {
     const int k = Adjoint ? j : kPerLane - 1 - j;
-    acc_t next = state, d0, d1;
+    acc_t next = state.s, d0, d1;
     if (Adjoint) adjoint_token(t.x[k], t.y[k], t.lam[k], gamma, next, d0, d1);
     else forward_token(t.x[k], t.y[k], t.lam[k], gamma, next, d0, d1);
     const bool valid = t.lam[k] >= acc_t(0);
+    if (Critic) {
+      acc_t cnext = state.c, c0;
+      forward_token(t.x[k], t.y[k], lc, gamma, cnext, c0, d1);
+      state.c = valid ? cnext : state.c;
+    }
     o0[k] = valid ? d0 : acc_t(0);
     o1[k] = valid ? d1 : acc_t(0);
-    state = valid ? next : state;
+    state.s = valid ? next : state.s;
   }
 }
 
 // The chunk's maps: each lane's `before` and the chunk total (identical in every lane).
-template <bool Adjoint, typename acc_t, class Warp>
-SAE_HD void chunk_maps(Warp& warp, const Tile<acc_t>& t, acc_t gamma, Affine<acc_t>& before,
-                       Affine<acc_t>& total) {
-  warp_scan<!Adjoint>(warp, lane_map<Adjoint>(t, gamma), before, total);
+template <bool Adjoint, bool Critic, typename acc_t, class Warp>
+SAE_HD ChunkMaps<acc_t> chunk_maps(Warp& warp, const Tile<acc_t>& t, acc_t gamma, acc_t lc) {
+  ChunkMaps<acc_t> m;
+  warp_scan<!Adjoint>(warp, lane_map<Adjoint, false>(t, gamma, lc), m.before, m.total);
+  if (Critic) warp_scan<!Adjoint>(warp, lane_map<Adjoint, true>(t, gamma, lc), m.cbefore, m.ctotal);
+  return m;
 }
 
-// Replays the chunk from the state entering it and stores the outputs of this lane.
-template <bool Adjoint, typename acc_t>
-SAE_HD void chunk_replay_store(const ScanArgs& s, bool vec_out, int64_t row, int64_t t0, int n,
-                               const Tile<acc_t>& t, const Affine<acc_t>& before, acc_t carry_in) {
+// The state entering the next chunk: total(carry in), for each chain.
+template <bool Critic, typename acc_t>
+SAE_HD Carry<acc_t> carry_out(const Affine<acc_t>& total, const Affine<acc_t>& ctotal,
+                              Carry<acc_t> in) {
+  return Carry<acc_t>{apply(total, in.s), Critic ? apply(ctotal, in.c) : in.c};
+}
+
+// Replays the chunk from the states entering it and stores this lane's n outputs at
+// element `at` of out0 / out1.
+template <bool Adjoint, bool Critic, typename acc_t>
+SAE_HD void chunk_replay_store(const ScanArgs& s, bool vec_out, int64_t at, int n,
+                               const Tile<acc_t>& t, acc_t lc, const ChunkMaps<acc_t>& m,
+                               Carry<acc_t> carry_in) {
   acc_t o0[kPerLane], o1[kPerLane];
-  lane_replay<Adjoint>(t, acc_t(s.p.gamma), apply(before, carry_in), o0, o1);
-  store_run(s.out0, s.T, row, t0, n, vec_out, o0);
-  store_run(s.out1, s.T, row, t0, n, vec_out, o1);
+  const Carry<acc_t> mine{apply(m.before, carry_in.s),
+                          Critic ? apply(m.cbefore, carry_in.c) : acc_t(0)};
+  lane_replay<Adjoint, Critic>(t, acc_t(s.p.gamma), lc, mine, o0, o1);
+  store_run(s.out0, at, n, vec_out, o0);
+  store_run(s.out1, at, n, vec_out, o1);
 }
 
 }  // namespace sae

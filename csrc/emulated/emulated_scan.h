@@ -26,8 +26,9 @@ struct ScanOptions {
 };
 
 inline Schedule emulated_schedule(const ScanArgs& s, const ScanOptions& o) {
-  Schedule sc = choose_schedule(s.B, s.T, o.sm_count);
-  if (o.force_schedule == int(ScheduleKind::SplitRow)) sc = split_schedule(s.B, s.T);
+  const bool packed = s.cu.ptr != nullptr;
+  Schedule sc = choose_schedule(s.B, s.T, o.sm_count, packed);
+  if (o.force_schedule == int(ScheduleKind::SplitRow)) sc = split_schedule(s.B, s.T, packed);
   else if (o.force_schedule == int(ScheduleKind::RowPerBlock))
     sc = row_schedule(s.B, s.T, o.warps > 0 ? o.warps : sc.warps);
   if (o.max_blocks > 0) {
@@ -52,30 +53,45 @@ void run_grid(int64_t blocks, int warps, uint32_t seed, Fn&& fn) {
   for (int64_t b : block_order(blocks, seed)) run_block(warps, b, blocks, kSharedBytes, fn);
 }
 
+template <class L, bool Adjoint, bool Critic>
+void emulate_schedule(const ScanArgs& s, bool use_double, const Schedule& sc, const VecFlags& vec,
+                      const ScanOptions& o) {
+  using acc_t = typename L::acc;
+  if (sc.kind == ScheduleKind::RowPerBlock) {
+    run_grid(sc.blocks, sc.warps, o.order_seed, [&](EmulatedWarp& w, EmulatedBlock& b) {
+      scan_rows_per_block<L, Adjoint, Critic>(w, b, s, vec);
+    });
+    return;
+  }
+  std::vector<acc_t> ws(scan_workspace_bytes(sc, use_double, Critic) / sizeof(acc_t));
+  run_grid(sc.blocks, sc.warps, o.order_seed, [&](EmulatedWarp& w, EmulatedBlock& b) {
+    split_chunks<L, Adjoint, false, Critic>(w, b, s, vec, ws.data());
+  });
+  // Pass 2 has no warp-level work: one thread per row, rows in any order.
+  for (int64_t row : block_order(s.B, o.order_seed))
+    split_chain_row<acc_t, Adjoint, Critic>(s, ws.data(), row);
+  run_grid(sc.blocks, sc.warps, o.order_seed ? o.order_seed + 1 : 0,
+           [&](EmulatedWarp& w, EmulatedBlock& b) {
+             split_chunks<L, Adjoint, true, Critic>(w, b, s, vec, ws.data());
+           });
+}
+
 // Runs the forward (Adjoint = false) or adjoint scan of `s` as the CUDA launcher would.
 template <bool Adjoint>
 void emulate_scan(const ScanArgs& s, bool use_double, const ScanOptions& o) {
+  if (s.B == 0) return;
   const Schedule sc = emulated_schedule(s, o);
   const VecFlags vec = vec_flags(s, use_double ? 8 : 4);
-  with_loader<Adjoint>(s, use_double, o.force_generic, [&](auto loader) {
-    using L = decltype(loader);
-    using acc_t = typename L::acc;
-    if (sc.kind == ScheduleKind::RowPerBlock) {
-      run_grid(sc.blocks, sc.warps, o.order_seed, [&](EmulatedWarp& w, EmulatedBlock& b) {
-        scan_rows_per_block<L, Adjoint>(w, b, s, vec);
+  if constexpr (!Adjoint) {
+    if (s.critic) {
+      with_critic_loader(use_double, [&](auto loader) {
+        emulate_schedule<decltype(loader), false, true>(s, use_double, sc, vec, o);
       });
       return;
     }
-    std::vector<acc_t> ws(size_t(3 * s.B * sc.nchunks));
-    run_grid(sc.blocks, sc.warps, o.order_seed, [&](EmulatedWarp& w, EmulatedBlock& b) {
-      split_chunks<L, Adjoint, false>(w, b, s, vec, ws.data());
-    });
-    // Pass 2 has no warp-level work: one thread per row, rows in any order.
-    for (int64_t row : block_order(s.B, o.order_seed)) split_chain_row<acc_t, Adjoint>(s, ws.data(), row);
-    run_grid(sc.blocks, sc.warps, o.order_seed ? o.order_seed + 1 : 0,
-             [&](EmulatedWarp& w, EmulatedBlock& b) {
-               split_chunks<L, Adjoint, true>(w, b, s, vec, ws.data());
-             });
+  }
+  with_loader<Adjoint>(s, use_double, o.force_generic, [&](auto loader) {
+    emulate_schedule<decltype(loader), Adjoint, false>(s, use_double, sc, vec, o);
   });
 }
 

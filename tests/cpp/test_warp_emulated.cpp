@@ -599,6 +599,237 @@ void case_boundaries() {
 }
 
 // The emulator itself must report divergent shuffles rather than hang.
+// ---- issue 12's variants: packed rows, per-row lambdas, a critic chain, absent mask or cut
+// source. Every 1-D input is a buffer of exactly N elements (so AddressSanitizer catches a
+// read past the last packed row), per-row tensors exactly B.
+struct Packed {
+  std::vector<int64_t> lengths;
+  Kind value_kind = Kind::F32;
+  bool with_mask = true, with_cut = true, per_row = true, critic = false, with_bootstrap = true;
+  int64_t pad_start = 0;  // elements before the first row (misaligns every row start)
+  uint32_t seed = 1;
+};
+
+struct PackedInputs {
+  int64_t B = 0, N = 0;
+  std::vector<int64_t> cu;
+  Buffer r, v, lp, mask, lam, lam_inner, lam_critic, bootstrap;
+  std::vector<double> lam_d, lam_inner_d, lam_critic_d;
+};
+
+Buffer vector_buffer(Kind kind, int64_t n, const std::function<double(int64_t)>& f) {
+  Buffer b = make_buffer(kind, 1, n, 1, [&](int64_t, int64_t t) { return f(t); });
+  b.mat.sb = 1;  // element i at i * sb
+  b.mat.st = 0;
+  return b;
+}
+
+PackedInputs make_packed(const Packed& c) {
+  PackedInputs in;
+  in.B = int64_t(c.lengths.size());
+  in.cu.push_back(c.pad_start);
+  for (int64_t n : c.lengths) in.cu.push_back(in.cu.back() + n);
+  in.N = in.cu.back();
+  std::mt19937 rng(c.seed);
+  std::normal_distribution<double> normal;
+  std::uniform_real_distribution<double> unif;
+  std::vector<double> rs(in.N), vs(in.N), ls(in.N), ms(in.N);
+  for (int64_t i = 0; i < in.N; ++i) {
+    rs[i] = normal(rng);
+    vs[i] = normal(rng);
+    ls[i] = std::log(unif(rng) * 0.999 + 0.001);
+    ms[i] = unif(rng) < 0.8;
+  }
+  const auto flat = [&](Kind k, const std::vector<double>& src) {
+    Buffer b = make_buffer(k, 1, in.N, 1, [&src](int64_t, int64_t t) { return src[t]; });
+    b.mat.sb = 0;  // packed: row b's tokens are (b, cu[b] + t)
+    return b;
+  };
+  in.r = flat(c.value_kind, rs);
+  in.v = flat(c.value_kind, vs);
+  in.lp = flat(c.value_kind, ls);
+  in.mask = flat(Kind::B8, ms);
+  for (int64_t b = 0; b < in.B; ++b) {
+    in.lam_d.push_back(unif(rng));
+    in.lam_inner_d.push_back(unif(rng));
+    in.lam_critic_d.push_back(unif(rng));
+  }
+  // bf16 per-row lambdas: the values the kernel reads are the rounded ones
+  in.lam = vector_buffer(Kind::BF16, in.B, [&](int64_t b) { return in.lam_d[b]; });
+  in.lam_inner = vector_buffer(Kind::F32, in.B, [&](int64_t b) { return in.lam_inner_d[b]; });
+  in.lam_critic = vector_buffer(Kind::F64, in.B, [&](int64_t b) { return in.lam_critic_d[b]; });
+  for (int64_t b = 0; b < in.B; ++b) in.lam_d[b] = load_number<double>(Kind::BF16, in.lam.mat.ptr, b);
+  for (int64_t b = 0; b < in.B; ++b) in.lam_inner_d[b] = load_number<double>(Kind::F32, in.lam_inner.mat.ptr, b);
+  in.bootstrap = vector_buffer(c.value_kind, in.B, [&](int64_t) { return normal(rng); });
+  return in;
+}
+
+ScanArgs packed_args(const Packed& c, const PackedInputs& in, const Params& p) {
+  ScanArgs s;
+  s.B = in.B;
+  s.T = in.N;
+  s.a = in.r.mat;
+  s.b = in.v.mat;
+  s.mask = c.with_mask ? in.mask.mat : Mat{nullptr, 0, 0, Kind::B8};
+  s.cut = CutSource{c.with_cut ? in.lp.mat : Mat{nullptr, 0, 0, c.value_kind}, true};
+  s.bootstrap = c.with_bootstrap ? in.bootstrap.mat : Mat{nullptr, 0, 0, Kind::F32};
+  s.p = p;
+  s.p.lam_critic = 0.85;
+  if (c.per_row) {
+    s.lam_rows = in.lam.mat;
+    s.lam_inner_rows = in.lam_inner.mat;
+    s.lam_critic_rows = in.lam_critic.mat;
+  }
+  s.critic = c.critic;
+  s.cu = Mat{in.cu.data(), 1, 0, Kind::I64};
+  return s;
+}
+
+// The contract's recursion per packed row, literally, in float64 (returns from the critic
+// chain when c.critic).
+void packed_reference(const Packed& c, const PackedInputs& in, const ScanArgs& s,
+                      std::vector<double>& adv, std::vector<double>& ret) {
+  adv.assign(in.N, 0.0);
+  ret.assign(in.N, 0.0);
+  for (int64_t b = 0; b < in.B; ++b) {
+    const double lam = c.per_row ? in.lam_d[b] : s.p.lam;
+    const double lam_in = c.per_row ? in.lam_inner_d[b] : s.p.lam_inner;
+    const double lc = c.per_row ? in.lam_critic_d[b] : s.p.lam_critic;
+    const double boot = c.with_bootstrap ? load_number<double>(c.value_kind, in.bootstrap.mat.ptr, b) : 0.0;
+    double nv = boot, na = 0.0, nvc = boot, nac = 0.0;
+    bool nb = false;
+    for (int64_t t = in.cu[b + 1] - 1; t >= in.cu[b]; --t) {
+      if (c.with_mask && !load_nonzero(Kind::B8, in.mask.mat.ptr, t)) continue;
+      const double r = load_number<double>(c.value_kind, in.r.mat.ptr, t);
+      const double v = load_number<double>(c.value_kind, in.v.mat.ptr, t);
+      const double a = r + s.p.gamma * nv - v + s.p.gamma * (nb ? lam : lam_in) * na;
+      const double ac = r + s.p.gamma * nvc - v + s.p.gamma * lc * nac;
+      adv[t] = a;
+      ret[t] = c.critic ? ac + v : a + v;
+      nv = nvc = v;
+      na = a;
+      nac = ac;
+      nb = c.with_cut && is_cut(s.cut, s.p, s.cut.src.ptr, t);
+    }
+  }
+}
+
+template <typename acc_t>
+void check_packed_typed(const Packed& c, const char* name) {
+  const PackedInputs in = make_packed(c);
+  const Params p = sae::make_params(0.99, 0.6, 0.95, 0.2);
+  std::vector<double> ra, rr;
+  {
+    ScanArgs s = packed_args(c, in, p);
+    packed_reference(c, in, s, ra, rr);
+  }
+  const double eps = sizeof(acc_t) == 8 ? 1e-15 : 1e-7;
+  const int64_t longest = *std::max_element(c.lengths.begin(), c.lengths.end());
+  emu::ScanOptions split = g_opts, rows1 = g_opts, rows8 = g_opts;
+  split.force_schedule = int(ScheduleKind::SplitRow);
+  split.max_blocks = 3;  // grid-stride over the slots
+  split.order_seed = 5;
+  rows1.force_schedule = rows8.force_schedule = int(ScheduleKind::RowPerBlock);
+  rows1.warps = 1;
+  rows8.warps = 8;
+  rows8.order_seed = 9;
+  std::vector<acc_t> first_adv, first_ret;
+  for (const emu::ScanOptions& o : {g_opts, split, rows1, rows8}) {
+    // Outputs start as garbage: every valid token must be written, every masked one zeroed.
+    std::vector<acc_t> adv(in.N, acc_t(-7)), ret(in.N, acc_t(-7));
+    ScanArgs s = packed_args(c, in, p);
+    s.out0 = adv.data();
+    s.out1 = ret.data();
+    emu::emulate_scan<false>(s, sizeof(acc_t) == 8, o);
+    std::fill(adv.begin(), adv.begin() + c.pad_start, acc_t(0));  // no row's tokens
+    std::fill(ret.begin(), ret.begin() + c.pad_start, acc_t(0));
+    double sa, sr;
+    const double ea = max_err(adv, ra, &sa), er = max_err(ret, rr, &sr);
+    const double tol = 50 * eps * std::sqrt(double(longest) + 1) * std::max(sa, sr);
+    CHECK(ea <= tol && er <= tol, "%s schedule %d W=%d: advantages err %.3g, returns err %.3g > tol %.3g",
+          name, o.force_schedule, o.warps, ea, er, tol);
+    if (first_adv.empty()) {
+      first_adv = adv;
+      first_ret = ret;
+    } else {
+      CHECK(std::memcmp(adv.data(), first_adv.data(), adv.size() * sizeof(acc_t)) == 0 &&
+                std::memcmp(ret.data(), first_ret.data(), ret.size() * sizeof(acc_t)) == 0,
+            "%s schedule %d W=%d: bits differ from the launcher's schedule", name, o.force_schedule, o.warps);
+    }
+  }
+}
+
+void check_packed(const Packed& c, const char* name) {
+  if (c.value_kind == Kind::F64) check_packed_typed<double>(c, name);
+  else check_packed_typed<float>(c, name);
+}
+
+// The adjoint of packed rows with per-row lambdas: <g, f(x)> = <f*(g), x> as check_adjoint.
+void check_packed_adjoint(const Packed& c, const char* name) {
+  const PackedInputs in = make_packed(c), gin = make_packed(Packed{c.lengths, c.value_kind, true, true,
+                                                                   true, false, true, c.pad_start, c.seed + 7});
+  const Params p = sae::make_params(0.97, 0.6, 0.95, 0.2);
+  std::vector<float> adv(in.N), ret(in.N), dr(in.N, -7.f), dv(in.N, -7.f), db(in.B, -7.f);
+  ScanArgs s = packed_args(c, in, p);
+  s.critic = false;
+  s.out0 = adv.data();
+  s.out1 = ret.data();
+  emu::emulate_scan<false>(s, false, g_opts);
+  ScanArgs g = s;
+  g.a = gin.r.mat;
+  g.b = gin.v.mat;
+  g.bootstrap = Mat{nullptr, 0, 0, Kind::F32};
+  g.out0 = dr.data();
+  g.out1 = dv.data();
+  g.out2 = db.data();
+  emu::emulate_scan<true>(g, false, g_opts);
+  double lhs = 0, rhs = 0, mag = 0;
+  for (int64_t i = c.pad_start; i < in.N; ++i) {
+    const double ga = load_number<double>(c.value_kind, gin.r.mat.ptr, i);
+    const double gr = load_number<double>(c.value_kind, gin.v.mat.ptr, i);
+    lhs += ga * adv[i] + gr * ret[i];
+    rhs += dr[i] * load_number<double>(c.value_kind, in.r.mat.ptr, i) +
+           dv[i] * load_number<double>(c.value_kind, in.v.mat.ptr, i);
+    mag += std::fabs(ga * adv[i]) + std::fabs(gr * ret[i]);
+  }
+  for (int64_t b = 0; b < in.B; ++b)
+    if (c.with_bootstrap) rhs += db[b] * load_number<double>(c.value_kind, in.bootstrap.mat.ptr, b);
+  CHECK(std::fabs(lhs - rhs) <= 1e-5 * (mag + 1) * 30, "%s: adjoint mismatch %.10g vs %.10g", name, lhs, rhs);
+}
+
+void case_variants() {
+  const std::vector<int64_t> mixed = {0, 1, 7, 256, 300, 0, 33, 1029, 8};
+  const std::vector<int64_t> aligned = {8, 256, 0, 520, 64};
+  for (Kind vk : {Kind::F32, Kind::BF16, Kind::F64}) {
+    for (bool mask : {true, false}) {
+      for (bool cut : {true, false}) {
+        for (bool critic : {false, true}) {
+          Packed c;
+          c.lengths = mixed;
+          c.value_kind = vk;
+          c.with_mask = mask;
+          c.with_cut = cut;
+          c.critic = critic;
+          c.seed = uint32_t(int(vk) * 16 + mask * 4 + cut * 2 + critic);
+          check_packed(c, "packed mixed");
+          c.lengths = aligned;
+          c.per_row = !critic;
+          c.with_bootstrap = !cut;
+          check_packed(c, "packed aligned");
+          c.pad_start = 3;  // every row start misaligned
+          check_packed(c, "packed offset");
+        }
+      }
+    }
+  }
+  Packed c;
+  c.lengths = mixed;
+  check_packed_adjoint(c, "packed adjoint");
+  c.with_cut = false;
+  c.pad_start = 5;
+  check_packed_adjoint(c, "packed adjoint, no cuts");
+}
+
 template <class Fn>
 bool diverges(Fn fn) {
   try {
@@ -648,6 +879,7 @@ int main(int argc, char** argv) {
       {"adjoint", case_adjoint},     {"emulator", case_emulator},
       {"schedules", case_schedules}, {"schedule_kinds", case_schedule_kinds},
       {"schedule_layouts", case_schedule_layouts}, {"boundaries", case_boundaries},
+      {"variants", case_variants},
   };
   std::vector<std::string> run;
   if (argc > 1) run.assign(argv + 1, argv + argc);

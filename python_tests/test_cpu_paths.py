@@ -25,7 +25,7 @@ OPS = torch.ops.sae
 
 # (B, T): a lone row; groups with a lone row left over (17 = 16 + 1, 33 = 2 * 16 + 1);
 # a partial group; T not a multiple of the 64-token tile or of any vector width; split rows.
-SHAPES = [(1, 1), (1, 777), (17, 300), (33, 129), (13, 64), (61, 1001), (2, 33000)]
+SHAPES = [(1, 1), (1, 777), (17, 300), (33, 129), (13, 64), (61, 1001), (2, 66000)]
 DTYPES = ["float32", "bfloat16", "float64"]
 
 _COMPUTE = textwrap.dedent("""
@@ -116,9 +116,9 @@ def test_lone_rows_equal_rows_in_a_group_for_other_layouts(layout):
     _assert_each_row_alone_equals_batch(r, v, lp, m, bs, (0.97, 0.3, 0.9, 0.25))
 
 
-# Rows of at least 32768 tokens are split into 2048-token chunks whose maps are composed,
-# chained and replayed (csrc/cpu/split_rows.h). 33000 = 16 whole chunks and a partial one.
-SPLIT_T = 33000
+# Rows of at least 65536 tokens are split into 2048-token chunks whose maps are composed,
+# chained and replayed (csrc/cpu/split_rows.h). 66000 = 32 whole chunks and a partial one.
+SPLIT_T = 66000
 
 
 def _split_rollout(B, dtype=torch.float32, seed=3):
@@ -175,12 +175,15 @@ def test_split_rows_within_the_reference_criterion():
 
 def test_packed_split_rows_equal_the_rows_padded():
     """Packed rows (one split, two not) give each row the bits it gets as a [1, len] row."""
-    lens = [40000, 100, SPLIT_T]
+    lens = [70000, 100, SPLIT_T]
     r, v, lp, _, _ = make_rollout(1, sum(lens), seed=11, mask_kind="none", reward_kind="dense")
     r, v, lp = r[0], v[0], lp[0]
     cu = torch.tensor([0, lens[0], lens[0] + lens[1], sum(lens)])
-    adv, ret = OPS.advantages(r, v, lp, None, 0.99, 0.5, 1.0, 0.2, None, cu_seqlens=cu)
+    # gamma = 1 and lam near 1, so that a chunk's map does not shrink the carry below the
+    # rounding of its own terms (then a mis-chained carry would not show in the bits).
+    hyper = (1.0, 0.9, 1.0, 0.2)
+    adv, ret = OPS.advantages(r, v, lp, None, *hyper, None, cu_seqlens=cu)
     for b in range(3):
         s = slice(int(cu[b]), int(cu[b + 1]))
-        a1, r1 = OPS.advantages(r[s][None], v[s][None], lp[s][None], None, 0.99, 0.5, 1.0, 0.2)
+        a1, r1 = OPS.advantages(r[s][None], v[s][None], lp[s][None], None, *hyper)
         assert torch.equal(adv[s], a1[0]) and torch.equal(ret[s], r1[0]), f"row {b}"

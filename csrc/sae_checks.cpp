@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <limits>
 
+#include "cpu/huge_pages.h"
+
 namespace sae {
 namespace {
 
@@ -208,10 +210,15 @@ void fill_rows(const char* op, ScanArgs& a, const Options& opt, const Tensor& re
   if (given(opt.cu_seqlens)) a.cu = as_mat(*opt.cu_seqlens);
 }
 
+// A fresh output; on the CPU a large one is advised onto huge pages before its first touch.
 Tensor new_rows(const Tensor& like, int64_t B, int64_t T, bool packed, bool use_double) {
   const auto dt = use_double ? ScalarType::Double : ScalarType::Float;
-  if (packed) return torch::stable::new_empty(like, {T}, dt);
-  return torch::stable::new_empty(like, {B, T}, dt);
+  Tensor t = packed ? torch::stable::new_empty(like, {T}, dt)
+                    : torch::stable::new_empty(like, {B, T}, dt);
+  if (like.device().type() == DeviceType::CPU) {
+    cpu::advise_huge_pages(t.data_ptr(), size_t(t.numel()) * (use_double ? 8 : 4));
+  }
+  return t;
 }
 
 }  // namespace

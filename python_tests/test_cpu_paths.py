@@ -24,8 +24,8 @@ from conftest import make_rollout
 OPS = torch.ops.sae
 
 # (B, T): a lone row; groups with a lone row left over (17 = 16 + 1, 33 = 2 * 16 + 1);
-# a partial group; T not a multiple of the 64-token tile or of any vector width.
-SHAPES = [(1, 1), (1, 777), (17, 300), (33, 129), (13, 64), (61, 1001)]
+# a partial group; T not a multiple of the 64-token tile or of any vector width; split rows.
+SHAPES = [(1, 1), (1, 777), (17, 300), (33, 129), (13, 64), (61, 1001), (2, 66000)]
 DTYPES = ["float32", "bfloat16", "float64"]
 
 _COMPUTE = textwrap.dedent("""
@@ -114,3 +114,76 @@ def test_lone_rows_equal_rows_in_a_group_for_other_layouts(layout):
     else:
         r, v, lp, m = r.half(), v.double(), lp.half(), m.float()
     _assert_each_row_alone_equals_batch(r, v, lp, m, bs, (0.97, 0.3, 0.9, 0.25))
+
+
+# Rows of at least 65536 tokens are split into 2048-token chunks whose maps are composed,
+# chained and replayed (csrc/cpu/split_rows.h). 66000 = 32 whole chunks and a partial one.
+SPLIT_T = 66000
+
+
+def _split_rollout(B, dtype=torch.float32, seed=3):
+    return make_rollout(B, SPLIT_T, dtype=dtype, seed=seed, mask_kind="mixed", reward_kind="dense")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_split_rows_alone_equal_rows_in_a_batch(dtype):
+    """A split row's forward and adjoint bits do not depend on the rows beside it (3 rows:
+    one vector group; alone: the scalar path)."""
+    r, v, lp, m, bs = _split_rollout(3, dtype)
+    _assert_each_row_alone_equals_batch(r, v, lp, m, bs, (0.99, 0.5, 1.0, 0.2))
+
+
+def test_split_rows_same_on_any_thread_count():
+    r, v, lp, m, bs = _split_rollout(9)
+    outs = []
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            outs.append(OPS.advantages(r, v, lp, m, 0.99, 0.5, 1.0, 0.2, bs)
+                        + OPS.advantages(r, v, lp, m, 0.99, 0.9, 0.9, 0.2, bs, lam_critic=1.0)
+                        + OPS.advantages_backward(r, v, m, lp, None, 0.99, 0.5, 1.0, 0.2))
+    finally:
+        torch.set_num_threads(before)
+    for other in outs[1:]:
+        for a, b in zip(outs[0], other):
+            assert torch.equal(a, b)
+
+
+def test_split_rows_within_the_reference_criterion():
+    """Forward (with the critic chain too) and adjoint of split rows against float64."""
+    from conftest import assert_close_to_reference, check_against_reference
+    from sae_ext import reference
+    r, v, lp, m, bs = _split_rollout(4)
+    hyper = (0.999, 0.5, 1.0, 0.2)
+    check_against_reference(OPS.advantages(r, v, lp, m, *hyper, bs), (r, v, lp, m, *hyper, bs),
+                            what="split rows")
+    got = OPS.advantages(r, v, lp, m, *hyper, bs, lam_critic=0.97)[1]
+    want = reference.advantages(r, v, lp, m, *hyper, bs, lam_critic=0.97)[1]
+    same = reference.advantages(r, v, lp, m, *hyper, bs, dtype=torch.float32, lam_critic=0.97)[1]
+    assert_close_to_reference(got, want, same, what="split rows, critic returns")
+    # The adjoint against the float64 forward's autograd.
+    r64, v64, bs64 = (x.double().requires_grad_() for x in (r, v, bs))
+    adv64, ret64 = reference.advantages(r64, v64, lp, m, *hyper, bs64)
+    ga, gr = torch.randn_like(adv64), torch.randn_like(ret64)
+    (adv64 * ga + ret64 * gr).sum().backward()
+    dr, dv, dbs = OPS.advantages_backward(ga.float(), gr.float(), m, lp, None, *hyper)
+    for got, want in ((dr, r64.grad), (dv, v64.grad), (dbs, bs64.grad)):
+        scale = max(1.0, want.abs().max().item())
+        assert (got.double() - want).abs().max().item() <= 1e-4 * scale
+
+
+def test_packed_split_rows_equal_the_rows_padded():
+    """Packed rows (one split, two not) give each row the bits it gets as a [1, len] row."""
+    lens = [70000, 100, SPLIT_T]
+    r, v, lp, _, _ = make_rollout(1, sum(lens), seed=11, mask_kind="none", reward_kind="dense")
+    r, v, lp = r[0], v[0], lp[0]
+    cu = torch.tensor([0, lens[0], lens[0] + lens[1], sum(lens)])
+    # gamma = 1 and lam near 1, so that a chunk's map does not shrink the carry below the
+    # rounding of its own terms (then a mis-chained carry would not show in the bits).
+    hyper = (1.0, 0.9, 1.0, 0.2)
+    adv, ret = OPS.advantages(r, v, lp, None, *hyper, None, cu_seqlens=cu)
+    for b in range(3):
+        s = slice(int(cu[b]), int(cu[b + 1]))
+        a1, r1 = OPS.advantages(r[s][None], v[s][None], lp[s][None], None, *hyper)
+        assert torch.equal(adv[s], a1[0]) and torch.equal(ret[s], r1[0]), f"row {b}"

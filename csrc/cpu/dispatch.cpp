@@ -26,24 +26,24 @@
 #include <vector>
 
 #include "scan_engine.h"
+#include "split_rows.h"
 
 namespace sae {
 namespace cpu {
 namespace {
 
-using ScanFn = void (*)(const ScanArgs&, const int64_t*, int64_t, int64_t);
+using ScanFn = void (*)(const ScanArgs&, const Work&, int64_t, int64_t);
 
 // The builds of the scan: 32-byte vectors for AVX2 machines, 16-byte vectors (SSE2, NEON)
 // for everything else. Same lanes, same operations, same results.
-template <typename S, int NV, Pass M>
-SAE_TARGET_WIDE void scan_rows_wide(const ScanArgs& a, const int64_t* order, int64_t begin,
-                                    int64_t end) {
-  scan_rows<S, 32 / sizeof(S), NV, M>(a, order, begin, end);
+template <typename S, int NV, Pass M, bool Compose>
+SAE_TARGET_WIDE void scan_rows_wide(const ScanArgs& a, const Work& wk, int64_t begin, int64_t end) {
+  scan_rows<S, 32 / sizeof(S), NV, M, Compose>(a, wk, begin, end);
 }
 
-template <typename S, int NV, Pass M>
-void scan_rows_base(const ScanArgs& a, const int64_t* order, int64_t begin, int64_t end) {
-  scan_rows<S, 16 / sizeof(S), NV, M>(a, order, begin, end);
+template <typename S, int NV, Pass M, bool Compose>
+void scan_rows_base(const ScanArgs& a, const Work& wk, int64_t begin, int64_t end) {
+  scan_rows<S, 16 / sizeof(S), NV, M, Compose>(a, wk, begin, end);
 }
 
 bool cpu_has_avx2() {
@@ -58,16 +58,18 @@ bool cpu_has_avx2() {
 bool always() { return true; }
 
 // One ISA variant: its name (as SAE_CPU_VECTOR spells it), vector size, whether this CPU
-// runs it, and its scan for each [float64][NV == kNV][pass].
+// runs it, and its scan for each [float64][NV == kNV][pass][compose].
 struct IsaVariant {
   const char* name;
   int vector_bytes;
   bool (*available)();
-  ScanFn scan[2][2][3];
+  ScanFn scan[2][2][3][2];
 };
 
-#define SAE_SCAN_PASSES(fn, S, NV) \
-  {&fn<S, NV, Pass::Forward>, &fn<S, NV, Pass::Critic>, &fn<S, NV, Pass::Adjoint>}
+#define SAE_SCAN_PASS(fn, S, NV, M) {&fn<S, NV, M, false>, &fn<S, NV, M, true>}
+#define SAE_SCAN_PASSES(fn, S, NV)                                                       \
+  {SAE_SCAN_PASS(fn, S, NV, Pass::Forward), SAE_SCAN_PASS(fn, S, NV, Pass::Critic), \
+   SAE_SCAN_PASS(fn, S, NV, Pass::Adjoint)}
 #define SAE_SCAN_BUILDS(fn)                                                                   \
   {{SAE_SCAN_PASSES(fn, float, 1), SAE_SCAN_PASSES(fn, float, kNV)},                          \
    {SAE_SCAN_PASSES(fn, double, 1), SAE_SCAN_PASSES(fn, double, kNV)}}
@@ -79,6 +81,7 @@ const IsaVariant kIsaVariants[] = {
 };
 #undef SAE_SCAN_BUILDS
 #undef SAE_SCAN_PASSES
+#undef SAE_SCAN_PASS
 
 // The preferred available variant, or the one SAE_CPU_VECTOR names if it is available.
 const IsaVariant& isa() {
@@ -95,38 +98,76 @@ const IsaVariant& isa() {
   return chosen;
 }
 
+// n items (rows or segments) of about item_tokens tokens each, in groups of W * nv over
+// torch's threads, with enough tokens per task that thread start-up is amortised.
+template <typename S>
+void run_groups(const IsaVariant& v, const ScanArgs& a, Pass pass, bool compose, const Work& wk,
+                int64_t n, int64_t item_tokens) {
+  const int64_t W = v.vector_bytes / int64_t(sizeof(S));
+  // Two vector chains per group hide the recursion's latency; one when that would leave a
+  // thread without items.
+  const int nv = n >= kNV * W * int64_t(torch::stable::get_num_threads()) ? kNV : 1;
+  const ScanFn scan = v.scan[sizeof(S) == 8][nv == kNV][int(pass)][compose];
+  const int64_t G = W * nv;
+  const int64_t ngroups = (n + G - 1) / G;
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, G * item_tokens));
+  torch::stable::parallel_for(0, ngroups, grain, [&](int64_t gb, int64_t ge) {
+    scan(a, wk, gb * G, std::min(n, ge * G));
+  });
+}
+
 template <typename S, bool Adjoint>
 void scan_all_rows_as(const ScanArgs& a) {
   const IsaVariant& v = isa();
-  const int64_t W = v.vector_bytes / int64_t(sizeof(S));
   const bool packed = a.cu.ptr != nullptr;
-  // Two vector chains per group hide the recursion's latency; one when that would leave a
-  // thread without rows.
-  const int nv = a.B >= kNV * W * int64_t(torch::stable::get_num_threads()) ? kNV : 1;
   const Pass pass = Adjoint ? Pass::Adjoint : a.critic ? Pass::Critic : Pass::Forward;
-  const ScanFn scan = v.scan[sizeof(S) == 8][nv == kNV][int(pass)];
-  const int64_t G = W * nv;
-  const int64_t ngroups = (a.B + G - 1) / G;
   // Packed rows of different lengths: a group runs as long as its longest row, so rows are
   // grouped in order of length (longest first), which makes the time scale with N rather
   // than with B * max_len. Ties keep their order, so the grouping is deterministic (the
   // results would not depend on it anyway: each lane is its row's own recursion).
   std::vector<int64_t> order;
+  bool any_split = !packed && row_is_split(a.T);
   if (packed) {
     order.resize(size_t(a.B));
     std::vector<int64_t> len(size_t(a.B));
-    for (int64_t b = 0; b < a.B; ++b) order[size_t(b)] = b, len[size_t(b)] = row_span(a, b).len;
+    for (int64_t b = 0; b < a.B; ++b) {
+      order[size_t(b)] = b, len[size_t(b)] = row_span(a, b).len;
+      any_split = any_split || row_is_split(len[size_t(b)]);
+    }
     std::stable_sort(order.begin(), order.end(),
                      [&](int64_t x, int64_t y) { return len[size_t(x)] > len[size_t(y)]; });
   }
   const int64_t* ord = packed ? order.data() : nullptr;
-  // Enough tokens per task that thread start-up is amortised (packed: rows of N / B tokens
-  // on average).
-  const int64_t row_tokens = packed ? std::max<int64_t>(1, a.T / std::max<int64_t>(1, a.B)) : a.T;
-  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, G * row_tokens));
-  torch::stable::parallel_for(0, ngroups, grain, [&](int64_t gb, int64_t ge) {
-    scan(a, ord, gb * G, std::min(a.B, ge * G));
-  });
+  if (!any_split) {
+    // Packed: rows of N / B tokens on average.
+    const int64_t row_tokens = packed ? std::max<int64_t>(1, a.T / std::max<int64_t>(1, a.B)) : a.T;
+    run_groups<S>(v, a, pass, false, Work{ord, nullptr, nullptr}, a.B, row_tokens);
+    return;
+  }
+  // Long rows as chunks (split_rows.h): segs holds every split row's chunks, row by row,
+  // then the rows left whole.
+  std::vector<Seg> segs;
+  std::vector<int64_t> first{0};  // split row i's chunks: segs[first[i] .. first[i + 1])
+  std::vector<Seg> whole;
+  for (int64_t i = 0; i < a.B; ++i) {
+    const Seg row = whole_row<S>(a, ord != nullptr ? ord[i] : i, Adjoint);
+    if (!row_is_split(row.len)) {
+      whole.push_back(row);
+      continue;
+    }
+    append_chunks(segs, row);
+    first.push_back(int64_t(segs.size()));
+  }
+  const int64_t nchunks = int64_t(segs.size());
+  std::vector<double> comp(size_t(4 * nchunks));
+  run_groups<S>(v, a, pass, true, Work{nullptr, segs.data(), comp.data()}, nchunks, kSplitChunk);
+  for (size_t r = 0; r + 1 < first.size(); ++r) {
+    chain_carries<S>(segs.data(), comp.data(), first[r], first[r + 1], Adjoint);
+  }
+  segs.insert(segs.end(), whole.begin(), whole.end());
+  const int64_t tokens = packed ? a.T : a.B * a.T;
+  run_groups<S>(v, a, pass, false, Work{nullptr, segs.data(), nullptr}, int64_t(segs.size()),
+                std::max<int64_t>(1, tokens / int64_t(segs.size())));
 }
 
 }  // namespace

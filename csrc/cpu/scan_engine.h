@@ -84,12 +84,36 @@ SAE_INLINE TileOf tile_of(int64_t len, int64_t ntiles_row, int64_t ii) {
   return TileOf{j * kTile, int(std::min<int64_t>(kTile, len - j * kTile))};
 }
 
-// The rows rows[0 .. nrows-1] (1 <= nrows <= NV * W). Forward runs each row's t = len-1
+// What a lane scans: a row, or one chunk of a split row (split_rows.h). Its tokens are
+// (row, start + t) for 0 <= t < len, its outputs at out_offset + t; init / init_c are the
+// carries entering it (S values held exactly in double); writes_u: it ends its row, so the
+// adjoint's carry after it is the row's grad_bootstrap.
+struct Seg {
+  int64_t row, start, len, out_offset;
+  double init, init_c;
+  bool writes_u;
+};
+
+// Rows row[0 .. n) as segments of their own.
+template <typename S>
+SAE_INLINE Seg whole_row(const ScanArgs& a, int64_t row, bool adjoint) {
+  const RowSpan sp = row_span(a, row);
+  const double init = (!adjoint && a.bootstrap.ptr != nullptr)
+                          ? double(load_number<S>(a.bootstrap.kind, a.bootstrap.ptr, row * a.bootstrap.sb))
+                          : 0.0;
+  return Seg{row, sp.start, sp.len, sp.out_offset, init, init, true};
+}
+
+// The segments segs[0 .. nrows-1] (1 <= nrows <= NV * W). Forward runs each row's t = len-1
 // .. 0 carrying w (and, Critic, the critic chain's w); the adjoint runs t = 0 .. len-1
 // carrying u (sae_step.h).
-template <typename S, int W, int NV, Pass M>
+//
+// Compose: nothing is written per token; instead each segment's map of the carry entering
+// it to the carry leaving it, s_out = A * s_in + B (and the critic chain's Ac, Bc), goes to
+// comp[4 * g ..]: B is the scan from s_in = 0, A the product of the valid tokens' factors.
+template <typename S, int W, int NV, Pass M, bool Compose>
 SAE_INLINE void scan_group(const ScanArgs& a, const Consts<S, W>& cs, Layout layout, bool stream,
-                           const int64_t* rows, int64_t nrows) {
+                           const Seg* segs, int64_t nrows, double* comp) {
   constexpr bool Adjoint = M == Pass::Adjoint, Critic = M == Pass::Critic;
   typedef typename Vec<S, W>::raw R;
   typedef Vec<S, W> V;
@@ -99,28 +123,30 @@ SAE_INLINE void scan_group(const ScanArgs& a, const Consts<S, W>& cs, Layout lay
   alignas(64) S xs[G][P], ys[G][P], ls[G][P], o0s[G][P], o1s[G][P];
   const int nv = int((nrows + W - 1) / W);
   RowSpan span[G];
+  int64_t rows[G];
   int64_t ntl[G];
   RowLam<S, W> rl[G];
   int64_t ntiles = 0;
   for (int g = 0; g < nrows; ++g) {
-    span[g] = row_span(a, rows[g]);
+    rows[g] = segs[g].row;
+    span[g] = RowSpan{segs[g].start, segs[g].len, segs[g].out_offset};
     ntl[g] = (span[g].len + kTile - 1) / kTile;
     ntiles = std::max(ntiles, ntl[g]);
     rl[g] = RowLam<S, W>(a, rows[g]);
   }
-  V carry[NV], ccarry[NV], lcrit[NV];
+  V carry[NV], ccarry[NV], lcrit[NV], prod[NV], cprod[NV];
   for (int v = 0; v < NV; ++v) {
-    S init[W], lc[W];
+    S init[W], initc[W], lc[W];
     for (int g = 0; g < W; ++g) {
       const int64_t r = v * W + g;
-      init[g] = (!Adjoint && r < nrows && a.bootstrap.ptr != nullptr)
-                    ? load_number<S>(a.bootstrap.kind, a.bootstrap.ptr, rows[r] * a.bootstrap.sb)
-                    : S(0);
+      init[g] = (!Compose && r < nrows) ? S(segs[r].init) : S(0);
+      initc[g] = (!Compose && r < nrows) ? S(segs[r].init_c) : S(0);
       lc[g] = r < nrows ? rl[r].lam_critic : S(0);
     }
     memcpy(&carry[v].v, init, sizeof(init));
-    ccarry[v] = carry[v];
+    memcpy(&ccarry[v].v, initc, sizeof(initc));
     memcpy(&lcrit[v].v, lc, sizeof(lc));
+    prod[v] = cprod[v] = V(S(1));
   }
   // Lanes of missing rows in the last vector: masked tokens, never stored.
   for (int g = int(nrows); g < nv * W; ++g) {
@@ -171,6 +197,7 @@ SAE_INLINE void scan_group(const ScanArgs& a, const Consts<S, W>& cs, Layout lay
         transpose<W>(l[v]);
       }
       R o0[NV][W], o1[NV][W];
+
       for (int j = 0; j < W; ++j) {
         const int k = Adjoint ? j : W - 1 - j;
         for (int v = 0; v < NV; ++v) {
@@ -179,19 +206,23 @@ SAE_INLINE void scan_group(const ScanArgs& a, const Consts<S, W>& cs, Layout lay
           V s = carry[v], r0, r1;
           if (Adjoint) adjoint_token(V::of(x[v][k]), V::of(y[v][k]), V::of(l[v][k]), cs.gamma, s, r0, r1);
           else forward_token(V::of(x[v][k]), V::of(y[v][k]), V::of(l[v][k]), cs.gamma, s, r0, r1);
+          if (Compose) prod[v].v = ok ? (cs.gamma * V::of(l[v][k]) * prod[v]).v : prod[v].v;
           if (Critic) {  // same tokens, lambda_t = lam_critic: only its returns are kept
             V sc = ccarry[v], c0, c1;
             forward_token(V::of(x[v][k]), V::of(y[v][k]), lcrit[v], cs.gamma, sc, c0, c1);
             r1 = c1;
             ccarry[v].v = ok ? sc.v : ccarry[v].v;
+            if (Compose) cprod[v].v = ok ? (cs.gamma * lcrit[v] * cprod[v]).v : cprod[v].v;
           }
-          o0[v][k] = ok ? r0.v : R{};
-          o1[v][k] = ok ? r1.v : R{};
+          if (!Compose) {
+            o0[v][k] = ok ? r0.v : R{};
+            o1[v][k] = ok ? r1.v : R{};
+          }
           carry[v].v = ok ? s.v : carry[v].v;
         }
       }
       for (int v = 0; v < NV; ++v) {
-        if (v >= nv) break;
+        if (Compose || v >= nv) break;
         transpose<W>(o0[v]);
         transpose<W>(o1[v]);
         for (int g = 0; g < W; ++g) {
@@ -202,7 +233,7 @@ SAE_INLINE void scan_group(const ScanArgs& a, const Consts<S, W>& cs, Layout lay
     }
     // 3.
     for (int g = 0; g < nrows; ++g) {
-      if (tl[g].n == 0) continue;
+      if (Compose || tl[g].n == 0) continue;
       const int64_t off = span[g].out_offset + tl[g].t0;
       if (stream) {
         copy_out<S, W, !Adjoint, true>(out0 + off, o0s[g], tl[g].n);
@@ -213,11 +244,24 @@ SAE_INLINE void scan_group(const ScanArgs& a, const Consts<S, W>& cs, Layout lay
       }
     }
   }
-  if (Adjoint) {
+  if (Compose) {
+    for (int v = 0; v < nv; ++v) {
+      S A[W], B[W], Ac[W], Bc[W];
+      memcpy(A, &prod[v].v, sizeof(A));
+      memcpy(B, &carry[v].v, sizeof(B));
+      memcpy(Ac, &cprod[v].v, sizeof(Ac));
+      memcpy(Bc, &ccarry[v].v, sizeof(Bc));
+      for (int g = 0; g < W && v * W + g < nrows; ++g) {
+        double* c = comp + 4 * (v * W + g);
+        c[0] = A[g], c[1] = B[g], c[2] = Ac[g], c[3] = Bc[g];
+      }
+    }
+  } else if (Adjoint) {
     for (int v = 0; v < nv; ++v) {
       S u[W];
       memcpy(u, &carry[v].v, sizeof(u));
-      for (int g = 0; g < W && v * W + g < nrows; ++g) static_cast<S*>(a.out2)[rows[v * W + g]] = u[g];
+      for (int g = 0; g < W && v * W + g < nrows; ++g)
+        if (segs[v * W + g].writes_u) static_cast<S*>(a.out2)[rows[v * W + g]] = u[g];
     }
   }
 }
@@ -226,20 +270,20 @@ SAE_INLINE void scan_group(const ScanArgs& a, const Consts<S, W>& cs, Layout lay
 // spend nearly all of its work transposing empty lanes, so the row is staged as usual and
 // the recursion runs in scalar code. It makes the same IEEE operations in the same order as
 // a vector lane, so the results are bitwise those the row gets inside a group.
-template <typename S, int W, Pass M>
+template <typename S, int W, Pass M, bool Compose>
 SAE_INLINE void scan_one_row(const ScanArgs& a, const Consts<S, W>& cs, Layout layout, bool stream,
-                             int64_t row) {
+                             const Seg& seg, double* comp) {
   constexpr bool Adjoint = M == Pass::Adjoint, Critic = M == Pass::Critic;
   constexpr int P = kTile + W;
   alignas(64) S xs[1][P], ys[1][P], ls[1][P], o0s[P], o1s[P];
   const S gamma = S(a.p.gamma);
-  const RowSpan span = row_span(a, row);
+  const int64_t row = seg.row;
+  const RowSpan span{seg.start, seg.len, seg.out_offset};
   const RowLam<S, W> rl(a, row);
   const S lcrit = rl.lam_critic;
-  S carry = (!Adjoint && a.bootstrap.ptr != nullptr)
-                ? load_number<S>(a.bootstrap.kind, a.bootstrap.ptr, row * a.bootstrap.sb)
-                : S(0);
-  S ccarry = carry;
+  S carry = Compose ? S(0) : S(seg.init);
+  S ccarry = Compose ? S(0) : S(seg.init_c);
+  S prod = S(1), cprod = S(1);
   S* const out0 = static_cast<S*>(a.out0) + span.out_offset;
   S* const out1 = static_cast<S*>(a.out1) + span.out_offset;
   const int64_t ntiles = (span.len + kTile - 1) / kTile;
@@ -263,9 +307,11 @@ SAE_INLINE void scan_one_row(const ScanArgs& a, const Consts<S, W>& cs, Layout l
         S r0, r1;
         if (Adjoint) adjoint_token(xs[0][k], ys[0][k], l, gamma, carry, r0, r1);
         else forward_token(xs[0][k], ys[0][k], l, gamma, carry, r0, r1);
+        if (Compose) prod = gamma * l * prod;
         if (Critic) {
           S c0;
           forward_token(xs[0][k], ys[0][k], lcrit, gamma, ccarry, c0, r1);
+          if (Compose) cprod = gamma * lcrit * cprod;
         }
         o0s[k] = r0;
         o1s[k] = r1;
@@ -273,6 +319,7 @@ SAE_INLINE void scan_one_row(const ScanArgs& a, const Consts<S, W>& cs, Layout l
         o0s[k] = o1s[k] = S(0);
       }
     }
+    if (Compose) continue;
     if (stream) {
       copy_out<S, W, !Adjoint, true>(out0 + t0, o0s, n);
       copy_out<S, W, !Adjoint, true>(out1 + t0, o1s, n);
@@ -281,23 +328,41 @@ SAE_INLINE void scan_one_row(const ScanArgs& a, const Consts<S, W>& cs, Layout l
       copy_out<S, W, !Adjoint, false>(out1 + t0, o1s, n);
     }
   }
-  if (Adjoint) static_cast<S*>(a.out2)[row] = carry;
+  if (Compose) {
+    comp[0] = prod, comp[1] = carry, comp[2] = cprod, comp[3] = ccarry;
+  } else if (Adjoint && seg.writes_u) {
+    static_cast<S*>(a.out2)[row] = carry;
+  }
 }
 
-// Rows order[begin .. end) (order null: rows begin .. end-1) in groups of NV * W.
-template <typename S, int W, int NV, Pass M>
-SAE_INLINE void scan_rows(const ScanArgs& a, const int64_t* order, int64_t begin, int64_t end) {
+// What a task scans: segs[begin .. end) when segs is given (with Compose, their maps go to
+// comp[4 * i ..]), else rows order[begin .. end) (order null: rows begin .. end-1).
+struct Work {
+  const int64_t* order;
+  const Seg* segs;
+  double* comp;
+};
+
+// In groups of NV * W.
+template <typename S, int W, int NV, Pass M, bool Compose>
+SAE_INLINE void scan_rows(const ScanArgs& a, const Work& wk, int64_t begin, int64_t end) {
   const Consts<S, W> cs(a.p);
   const Layout layout = layout_of(a);
   // Outputs too large to stay cached are written with streaming stores.
   const int64_t tokens = a.cu.ptr != nullptr ? a.T : a.B * a.T;
   const bool stream = 2 * tokens * int64_t(sizeof(S)) >= kStreamBytes;
-  int64_t rows[NV * W];
+  Seg own[NV * W];
   for (int64_t i0 = begin; i0 < end; i0 += NV * W) {
     const int64_t nrows = std::min<int64_t>(NV * W, end - i0);
-    for (int g = 0; g < nrows; ++g) rows[g] = order != nullptr ? order[i0 + g] : i0 + g;
-    if (nrows == 1) scan_one_row<S, W, M>(a, cs, layout, stream, rows[0]);
-    else scan_group<S, W, NV, M>(a, cs, layout, stream, rows, nrows);
+    const Seg* segs = wk.segs + i0;
+    if (wk.segs == nullptr) {
+      for (int g = 0; g < nrows; ++g)
+        own[g] = whole_row<S>(a, wk.order != nullptr ? wk.order[i0 + g] : i0 + g, M == Pass::Adjoint);
+      segs = own;
+    }
+    double* comp = Compose ? wk.comp + 4 * i0 : nullptr;
+    if (nrows == 1) scan_one_row<S, W, M, Compose>(a, cs, layout, stream, segs[0], comp);
+    else scan_group<S, W, NV, M, Compose>(a, cs, layout, stream, segs, nrows, comp);
   }
 #if SAE_X86
   if (stream) __asm__ __volatile__("sfence" ::: "memory");  // order the streaming stores

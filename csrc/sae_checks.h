@@ -54,6 +54,20 @@ struct Options {
   OptTensor out0, out1;                 // forward only: preallocated outputs (out= overloads)
 };
 
+// The variants' trailing schema arguments (csrc/torch_bindings.cpp), in schema order, as
+// every backend's wrapper receives them.
+inline Options variant_options(const OptTensor& lam_rows, const OptTensor& lam_inner_rows,
+                               const std::optional<double>& lam_critic,
+                               const OptTensor& lam_critic_rows, const OptTensor& cu_seqlens) {
+  Options o;
+  o.lam_rows = lam_rows;
+  o.lam_inner_rows = lam_inner_rows;
+  o.lam_critic = lam_critic;
+  o.lam_critic_rows = lam_critic_rows;
+  o.cu_seqlens = cu_seqlens;
+  return o;
+}
+
 // Every prepare_* takes the device type of the kernel that runs (CPU for the CPU and
 // emulated kernels, CUDA for the CUDA ones): the first tensor must be on it, and every
 // other tensor on that tensor's device, each failure naming the argument.

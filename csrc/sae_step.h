@@ -68,6 +68,19 @@ SAE_HD void adjoint_token(acc_t ga, acc_t gr, acc_t lam_t, acc_t gamma, acc_t& u
   u = a * u + b;
 }
 
+// Kernels that stage a token's lambda ahead of its step mark a masked token with this
+// lambda (a valid token's is in [0, 1]): `is_valid_lambda` is then the token's mask, and
+// the step is skipped, leaving the carried value untouched.
+template <typename acc_t>
+SAE_HD constexpr acc_t masked_token_lambda() {
+  return acc_t(-1);
+}
+
+template <typename acc_t>
+SAE_HD bool is_valid_lambda(acc_t lam_t) {
+  return lam_t >= acc_t(0);
+}
+
 // lambda applied when stepping from token t to its predecessor.
 template <typename acc_t>
 SAE_HD acc_t token_lambda(bool cut, const Params& p) {

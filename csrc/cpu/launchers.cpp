@@ -14,18 +14,6 @@ namespace {
 
 using OptDouble = std::optional<double>;
 
-Options variants(const OptTensor& lam_rows, const OptTensor& lam_inner_rows,
-                 const OptDouble& lam_critic, const OptTensor& lam_critic_rows,
-                 const OptTensor& cu_seqlens) {
-  Options o;
-  o.lam_rows = lam_rows;
-  o.lam_inner_rows = lam_inner_rows;
-  o.lam_critic = lam_critic;
-  o.lam_critic_rows = lam_critic_rows;
-  o.cu_seqlens = cu_seqlens;
-  return o;
-}
-
 std::tuple<Tensor, Tensor> advantages_cpu(
     const Tensor& rewards, const Tensor& values, const OptTensor& logprobs, const OptTensor& mask,
     double gamma, double lam, double lam_inner, double threshold, const OptTensor& bootstrap,
@@ -34,7 +22,7 @@ std::tuple<Tensor, Tensor> advantages_cpu(
   Prepared pr = prepare_forward(
       "sae.advantages", DeviceType::CPU, rewards, values, logprobs, true, mask, gamma, lam,
       lam_inner, threshold, bootstrap,
-      variants(lam_rows, lam_inner_rows, lam_critic, lam_critic_rows, cu_seqlens));
+      variant_options(lam_rows, lam_inner_rows, lam_critic, lam_critic_rows, cu_seqlens));
   cpu::scan_all_rows<false>(pr.args, pr.use_double);
   return {pr.out0, pr.out1};
 }
@@ -45,7 +33,7 @@ std::tuple<Tensor, Tensor> advantages_out_cpu(
     const OptTensor& lam_rows, const OptTensor& lam_inner_rows, OptDouble lam_critic,
     const OptTensor& lam_critic_rows, const OptTensor& cu_seqlens, Tensor out_advantages,
     Tensor out_returns) {
-  Options o = variants(lam_rows, lam_inner_rows, lam_critic, lam_critic_rows, cu_seqlens);
+  Options o = variant_options(lam_rows, lam_inner_rows, lam_critic, lam_critic_rows, cu_seqlens);
   o.out0 = out_advantages;
   o.out1 = out_returns;
   Prepared pr = prepare_forward("sae.advantages.out", DeviceType::CPU, rewards, values, logprobs,
@@ -62,7 +50,7 @@ std::tuple<Tensor, Tensor> advantages_from_boundaries_cpu(
   Prepared pr = prepare_forward(
       "sae.advantages_from_boundaries", DeviceType::CPU, rewards, values, boundaries, false, mask,
       gamma, lam, lam_inner, 0.0, bootstrap,
-      variants(lam_rows, lam_inner_rows, lam_critic, lam_critic_rows, cu_seqlens));
+      variant_options(lam_rows, lam_inner_rows, lam_critic, lam_critic_rows, cu_seqlens));
   cpu::scan_all_rows<false>(pr.args, pr.use_double);
   return {pr.out0, pr.out1};
 }
@@ -75,7 +63,7 @@ std::tuple<Tensor, Tensor, Tensor> advantages_backward_cpu(
   Prepared pr = prepare_adjoint(
       "sae.advantages_backward", DeviceType::CPU, grad_advantages, grad_returns, mask, logprobs,
       boundaries, gamma, lam, lam_inner, threshold,
-      variants(lam_rows, lam_inner_rows, std::nullopt, std::nullopt, cu_seqlens));
+      variant_options(lam_rows, lam_inner_rows, std::nullopt, std::nullopt, cu_seqlens));
   cpu::scan_all_rows<true>(pr.args, pr.use_double);
   return {pr.out0, pr.out1, pr.out2};
 }

@@ -37,10 +37,10 @@ namespace cpu {
 // stage was just written a vector at a time, and wider loads (libc memcpy's) spanning
 // several pending stores would wait for them to reach L1; the opaque register keeps GCC
 // from turning the loop into such a call.
-template <typename S, int W, bool Backward, bool Stream>
+template <typename S, int W, bool Reverse, bool Stream>
 SAE_INLINE void copy_out(S* dst, const S* src, int n) {
   typedef vec_t<S, W> R;
-  if (Backward && n % W == 0) {
+  if (Reverse && n % W == 0) {
     for (int k = n - W; k >= 0; k -= W) {
       R r = loadu<R>(src + k);
       SAE_OPAQUE(r);
@@ -77,9 +77,9 @@ struct TileOf {
   int n;
 };
 
-template <bool Backward>
+template <bool Reverse>
 SAE_INLINE TileOf tile_of(int64_t len, int64_t ntiles_row, int64_t ii) {
-  const int64_t j = Backward ? ntiles_row - 1 - ii : ii;
+  const int64_t j = Reverse ? ntiles_row - 1 - ii : ii;
   if (j < 0 || j >= ntiles_row) return TileOf{0, 0};
   return TileOf{j * kTile, int(std::min<int64_t>(kTile, len - j * kTile))};
 }
@@ -150,7 +150,7 @@ SAE_INLINE void scan_group(const ScanArgs& a, const Consts<S, W>& cs, Layout lay
   }
   // Lanes of missing rows in the last vector: masked tokens, never stored.
   for (int g = int(nrows); g < nv * W; ++g) {
-    for (int k = 0; k < P; ++k) xs[g][k] = ys[g][k] = S(0), ls[g][k] = S(-1);
+    for (int k = 0; k < P; ++k) xs[g][k] = ys[g][k] = S(0), ls[g][k] = masked_token_lambda<S>();
   }
   S* const out0 = static_cast<S*>(a.out0);
   S* const out1 = static_cast<S*>(a.out1);
@@ -303,7 +303,7 @@ SAE_INLINE void scan_one_row(const ScanArgs& a, const Consts<S, W>& cs, Layout l
     for (int j = 0; j < n; ++j) {
       const int k = Adjoint ? j : n - 1 - j;
       const S l = ls[0][k];
-      if (l >= S(0)) {
+      if (is_valid_lambda(l)) {
         S r0, r1;
         if (Adjoint) adjoint_token(xs[0][k], ys[0][k], l, gamma, carry, r0, r1);
         else forward_token(xs[0][k], ys[0][k], l, gamma, carry, r0, r1);

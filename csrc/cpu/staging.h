@@ -172,7 +172,7 @@ struct Consts {
   vec_t<S, W> invalid;
   Vec<S, W> gamma;
   explicit Consts(const Params& p) {
-    invalid = vec_t<S, W>{} + S(-1);
+    invalid = vec_t<S, W>{} + masked_token_lambda<S>();
     gamma = Vec<S, W>(S(p.gamma));
   }
 };
@@ -239,7 +239,9 @@ inline Layout layout_of(const ScanArgs& a) {
   return Layout{true, (k == Kind::BF16) * 6 + int(cut) * 2 + int(no_mask)};
 }
 
-template <typename S, int W, Kind K, CutIn C, bool NoMask, bool Backward>
+// Reverse (here, in scan_engine.h and in sae_warp.h's warp_scan): the walk runs from a row's
+// last token to its first, as the forward pass does; the adjoint walks forward in time.
+template <typename S, int W, Kind K, CutIn C, bool NoMask, bool Reverse>
 SAE_INLINE void stage_row_fast(const ScanArgs& a, const Consts<S, W>& cs, const RowLam<S, W>& rl,
                                int64_t row, int64_t t0, int n, S* xs, S* ys, S* ls) {
   typedef vec_t<S, W> R;
@@ -254,7 +256,7 @@ SAE_INLINE void stage_row_fast(const ScanArgs& a, const Consts<S, W>& cs, const 
   // Runs are read in the direction the scan walks the row, so that the hardware
   // prefetchers, which follow descending streams too, run ahead into the next tile.
   for (int kk = 0; kk < n; kk += W) {
-    const int k = Backward ? n - W - kk : kk;
+    const int k = Reverse ? n - W - kk : kk;
     storeu<R>(xs + k, __builtin_convertvector(f32_lanes<W>(K, pa + k * es), R));
     storeu<R>(ys + k, __builtin_convertvector(f32_lanes<W>(K, pb + k * es), R));
     if (C == CutIn::None) {
@@ -280,7 +282,7 @@ SAE_INLINE void stage_row_fast(const ScanArgs& a, const Consts<S, W>& cs, const 
 // Step 1 for one row, tokens t0 .. t0+n-1 (element (row, t) of each Mat; packed rows pass
 // their start in t0), padded with masked tokens up to `upto` (a multiple of W, >= n). A
 // run that is not whole chunks (a row's last, partial tile) takes the generic path.
-template <typename S, int W, bool Backward>
+template <typename S, int W, bool Reverse>
 SAE_INLINE void stage_row(const ScanArgs& a, const Consts<S, W>& cs, const RowLam<S, W>& rl,
                           Layout layout, int64_t row, int64_t t0, int n, int upto, S* xs, S* ys,
                           S* ls) {
@@ -288,7 +290,7 @@ SAE_INLINE void stage_row(const ScanArgs& a, const Consts<S, W>& cs, const RowLa
   if (layout.fast && n % W == 0) {
     switch (layout.code) {
 #define SAE_FAST(code, K, C, NM) \
-  case code: stage_row_fast<S, W, K, C, NM, Backward>(a, cs, rl, row, t0, n, xs, ys, ls); break;
+  case code: stage_row_fast<S, W, K, C, NM, Reverse>(a, cs, rl, row, t0, n, xs, ys, ls); break;
       SAE_FAST(0, Kind::F32, CutIn::LP, false)
       SAE_FAST(1, Kind::F32, CutIn::LP, true)
       SAE_FAST(2, Kind::F32, CutIn::BD, false)
@@ -310,7 +312,7 @@ SAE_INLINE void stage_row(const ScanArgs& a, const Consts<S, W>& cs, const RowLa
     stage_lambda<S, W>(a, cs, rl, row, t0, n, ls);
     done = (n + W - 1) / W * W;
   }
-  for (int k = done; k < upto; ++k) xs[k] = ys[k] = S(0), ls[k] = S(-1);
+  for (int k = done; k < upto; ++k) xs[k] = ys[k] = S(0), ls[k] = masked_token_lambda<S>();
 }
 
 }  // namespace cpu

@@ -37,18 +37,6 @@ void run_scan(const Prepared& pr, const Tensor& like) {
 
 using OptDouble = std::optional<double>;
 
-Options variants(const OptTensor& lam_rows, const OptTensor& lam_inner_rows,
-                 const OptDouble& lam_critic, const OptTensor& lam_critic_rows,
-                 const OptTensor& cu_seqlens) {
-  Options o;
-  o.lam_rows = lam_rows;
-  o.lam_inner_rows = lam_inner_rows;
-  o.lam_critic = lam_critic;
-  o.lam_critic_rows = lam_critic_rows;
-  o.cu_seqlens = cu_seqlens;
-  return o;
-}
-
 std::tuple<Tensor, Tensor> advantages_cuda(
     const Tensor& rewards, const Tensor& values, const OptTensor& logprobs, const OptTensor& mask,
     double gamma, double lam, double lam_inner, double threshold, const OptTensor& bootstrap,
@@ -57,7 +45,7 @@ std::tuple<Tensor, Tensor> advantages_cuda(
   Prepared pr = prepare_forward(
       "sae.advantages", DeviceType::CUDA, rewards, values, logprobs, true, mask, gamma, lam,
       lam_inner, threshold, bootstrap,
-      variants(lam_rows, lam_inner_rows, lam_critic, lam_critic_rows, cu_seqlens));
+      variant_options(lam_rows, lam_inner_rows, lam_critic, lam_critic_rows, cu_seqlens));
   run_scan<false>(pr, rewards);
   return {pr.out0, pr.out1};
 }
@@ -68,7 +56,7 @@ std::tuple<Tensor, Tensor> advantages_out_cuda(
     const OptTensor& lam_rows, const OptTensor& lam_inner_rows, OptDouble lam_critic,
     const OptTensor& lam_critic_rows, const OptTensor& cu_seqlens, Tensor out_advantages,
     Tensor out_returns) {
-  Options o = variants(lam_rows, lam_inner_rows, lam_critic, lam_critic_rows, cu_seqlens);
+  Options o = variant_options(lam_rows, lam_inner_rows, lam_critic, lam_critic_rows, cu_seqlens);
   o.out0 = out_advantages;
   o.out1 = out_returns;
   Prepared pr = prepare_forward("sae.advantages.out", DeviceType::CUDA, rewards, values, logprobs,
@@ -85,7 +73,7 @@ std::tuple<Tensor, Tensor> advantages_from_boundaries_cuda(
   Prepared pr = prepare_forward(
       "sae.advantages_from_boundaries", DeviceType::CUDA, rewards, values, boundaries, false,
       mask, gamma, lam, lam_inner, 0.0, bootstrap,
-      variants(lam_rows, lam_inner_rows, lam_critic, lam_critic_rows, cu_seqlens));
+      variant_options(lam_rows, lam_inner_rows, lam_critic, lam_critic_rows, cu_seqlens));
   run_scan<false>(pr, rewards);
   return {pr.out0, pr.out1};
 }
@@ -98,7 +86,7 @@ std::tuple<Tensor, Tensor, Tensor> advantages_backward_cuda(
   Prepared pr = prepare_adjoint(
       "sae.advantages_backward", DeviceType::CUDA, grad_advantages, grad_returns, mask, logprobs,
       boundaries, gamma, lam, lam_inner, threshold,
-      variants(lam_rows, lam_inner_rows, std::nullopt, std::nullopt, cu_seqlens));
+      variant_options(lam_rows, lam_inner_rows, std::nullopt, std::nullopt, cu_seqlens));
   run_scan<true>(pr, mask);
   return {pr.out0, pr.out1, pr.out2};
 }

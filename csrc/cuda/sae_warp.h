@@ -81,7 +81,7 @@ struct Tile {
 
 template <typename acc_t>
 SAE_HD acc_t lambda_or_invalid(bool valid, bool cut, const RowLambdas<acc_t>& l) {
-  return valid ? token_lambda<acc_t>(cut, l) : acc_t(-1);
+  return valid ? token_lambda<acc_t>(cut, l) : masked_token_lambda<acc_t>();
 }
 
 // The tokens of lane `lane` in chunk `chunk`, relative to the row's first token: where they
@@ -119,7 +119,7 @@ SAE_HD Affine<acc_t> lane_map(const Tile<acc_t>& t, acc_t gamma, acc_t lc) {
     Affine<acc_t> tok;
     if (Adjoint) adjoint_map(t.x[k], t.y[k], lam, gamma, tok.a, tok.b);
     else forward_map(t.x[k], t.y[k], lam, gamma, tok.a, tok.b);
-    mine = select(t.lam[k] >= acc_t(0), compose(tok, mine), mine);
+    mine = select(is_valid_lambda(t.lam[k]), compose(tok, mine), mine);
   }
   return mine;
 }
@@ -135,7 +135,7 @@ SAE_HD void lane_replay(const Tile<acc_t>& t, acc_t gamma, acc_t lc, Carry<acc_t
     acc_t next = state.s, d0, d1;
     if (Adjoint) adjoint_token(t.x[k], t.y[k], t.lam[k], gamma, next, d0, d1);
     else forward_token(t.x[k], t.y[k], t.lam[k], gamma, next, d0, d1);
-    const bool valid = t.lam[k] >= acc_t(0);
+    const bool valid = is_valid_lambda(t.lam[k]);
     if (Critic) {
       acc_t cnext = state.c, c0;
       forward_token(t.x[k], t.y[k], lc, gamma, cnext, c0, d1);

@@ -25,18 +25,6 @@ void emulate(const Prepared& pr) {
   }
 }
 
-Options variants(const OptTensor& lam_rows, const OptTensor& lam_inner_rows,
-                 const OptDouble& lam_critic, const OptTensor& lam_critic_rows,
-                 const OptTensor& cu_seqlens) {
-  Options o;
-  o.lam_rows = lam_rows;
-  o.lam_inner_rows = lam_inner_rows;
-  o.lam_critic = lam_critic;
-  o.lam_critic_rows = lam_critic_rows;
-  o.cu_seqlens = cu_seqlens;
-  return o;
-}
-
 std::tuple<Tensor, Tensor> emulated_advantages(
     const Tensor& rewards, const Tensor& values, const OptTensor& logprobs, const OptTensor& mask,
     double gamma, double lam, double lam_inner, double threshold, const OptTensor& bootstrap,
@@ -45,7 +33,7 @@ std::tuple<Tensor, Tensor> emulated_advantages(
   Prepared pr = prepare_forward(
       "sae._warp_emulated_advantages", DeviceType::CPU, rewards, values, logprobs, true, mask,
       gamma, lam, lam_inner, threshold, bootstrap,
-      variants(lam_rows, lam_inner_rows, lam_critic, lam_critic_rows, cu_seqlens));
+      variant_options(lam_rows, lam_inner_rows, lam_critic, lam_critic_rows, cu_seqlens));
   emulate<false>(pr);
   return {pr.out0, pr.out1};
 }
@@ -58,7 +46,7 @@ std::tuple<Tensor, Tensor> emulated_advantages_from_boundaries(
   Prepared pr = prepare_forward(
       "sae._warp_emulated_advantages_from_boundaries", DeviceType::CPU, rewards, values,
       boundaries, false, mask, gamma, lam, lam_inner, 0.0, bootstrap,
-      variants(lam_rows, lam_inner_rows, lam_critic, lam_critic_rows, cu_seqlens));
+      variant_options(lam_rows, lam_inner_rows, lam_critic, lam_critic_rows, cu_seqlens));
   emulate<false>(pr);
   return {pr.out0, pr.out1};
 }
@@ -71,7 +59,7 @@ std::tuple<Tensor, Tensor, Tensor> emulated_advantages_backward(
   Prepared pr = prepare_adjoint(
       "sae._warp_emulated_advantages_backward", DeviceType::CPU, grad_advantages, grad_returns,
       mask, logprobs, boundaries, gamma, lam, lam_inner, threshold,
-      variants(lam_rows, lam_inner_rows, std::nullopt, std::nullopt, cu_seqlens));
+      variant_options(lam_rows, lam_inner_rows, std::nullopt, std::nullopt, cu_seqlens));
   emulate<true>(pr);
   return {pr.out0, pr.out1, pr.out2};
 }

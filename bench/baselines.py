@@ -63,39 +63,50 @@ def torchrl_gae():
     return torchrl_style, None
 
 
+def numba_kernel(parallel: bool):
+    """The contract's recursion as a numba kernel over float32 numpy arrays, written plainly
+    (prange over rows when `parallel`): kernel(r, v, lp, m, gamma, lam, lam_inner, log_p, sae,
+    adv, ret) fills adv and ret. Raises ImportError without numba."""
+    import numpy as np
+    from numba import njit, prange
+
+    rng = prange if parallel else range
+
+    @njit(parallel=parallel, cache=False)
+    def kernel(r, v, lp, m, gamma, lam, lam_inner, log_p, sae, adv, ret):
+        B, T = r.shape
+        for b in rng(B):
+            nv = np.float32(0.0)
+            na = np.float32(0.0)
+            nb = False
+            for t in range(T - 1, -1, -1):
+                if m[b, t]:
+                    delta = r[b, t] + gamma * nv - v[b, t]
+                    lam_t = lam if nb else lam_inner
+                    a = delta + gamma * lam_t * na
+                    adv[b, t] = a
+                    ret[b, t] = a + v[b, t]
+                    nv = v[b, t]
+                    na = a
+                    nb = sae and lp[b, t] < log_p
+                else:
+                    adv[b, t] = np.float32(0.0)
+                    ret[b, t] = np.float32(0.0)
+
+    return kernel
+
+
 def numba_loops():
     """(serial, prange) numba implementations of the contract's recursion over float32
     numpy arrays, or (None, None, reason)."""
     try:
         import numba
         import numpy as np
-        from numba import njit, prange
     except Exception as e:  # noqa: BLE001
         return None, None, f"numba not importable ({type(e).__name__}: {e})"
 
     def make(parallel):
-        rng = prange if parallel else range
-
-        @njit(parallel=parallel, cache=False)
-        def kernel(r, v, lp, m, gamma, lam, lam_inner, log_p, sae, adv, ret):
-            B, T = r.shape
-            for b in rng(B):
-                nv = np.float32(0.0)
-                na = np.float32(0.0)
-                nb = False
-                for t in range(T - 1, -1, -1):
-                    if m[b, t]:
-                        delta = r[b, t] + gamma * nv - v[b, t]
-                        lam_t = lam if nb else lam_inner
-                        a = delta + gamma * lam_t * na
-                        adv[b, t] = a
-                        ret[b, t] = a + v[b, t]
-                        nv = v[b, t]
-                        na = a
-                        nb = sae and lp[b, t] < log_p
-                    else:
-                        adv[b, t] = np.float32(0.0)
-                        ret[b, t] = np.float32(0.0)
+        kernel = numba_kernel(parallel)
 
         def run(rewards, values, logprobs, mask, gamma, lam, lam_inner, threshold):
             r = rewards.float().numpy()

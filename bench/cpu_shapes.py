@@ -39,6 +39,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import sae_ext  # noqa: E402
+import baselines  # noqa: E402
 from run import make_inputs  # noqa: E402
 
 OPS = torch.ops.sae
@@ -83,31 +84,11 @@ def numba_kernels():
     try:
         import numba
         import numpy as np
-        from numba import njit, prange
     except Exception as e:  # noqa: BLE001
         return None, f"numba not importable ({type(e).__name__}: {e})"
     numba.set_num_threads(torch.get_num_threads())
 
-    @njit(parallel=True, cache=False)
-    def kernel(r, v, lp, m, gamma, lam, lam_inner, log_p, sae, adv, ret):
-        B, T = r.shape
-        for b in prange(B):
-            nv = np.float32(0.0)
-            na = np.float32(0.0)
-            nb = False
-            for t in range(T - 1, -1, -1):
-                if m[b, t]:
-                    delta = r[b, t] + gamma * nv - v[b, t]
-                    lam_t = lam if nb else lam_inner
-                    a = delta + gamma * lam_t * na
-                    adv[b, t] = a
-                    ret[b, t] = a + v[b, t]
-                    nv = v[b, t]
-                    na = a
-                    nb = sae and lp[b, t] < log_p
-                else:
-                    adv[b, t] = np.float32(0.0)
-                    ret[b, t] = np.float32(0.0)
+    kernel = baselines.numba_kernel(parallel=True)
 
     def make(inp, lam, lam_inner, reuse):
         import math

@@ -111,8 +111,20 @@ void run_groups(const IsaVariant& v, const ScanArgs& a, Pass pass, bool compose,
   const int64_t G = W * nv;
   const int64_t ngroups = (n + G - 1) / G;
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, G * item_tokens));
+  if (wk.order == nullptr) {
+    torch::stable::parallel_for(0, ngroups, grain, [&](int64_t gb, int64_t ge) {
+      scan(a, wk, gb * G, std::min(n, ge * G));
+    });
+    return;
+  }
+  // Rows sorted longest first: parallel_for hands each thread a contiguous range of tasks, so
+  // task i runs group zigzag(i) (longest, shortest, second longest, ...) and every range
+  // holds long and short groups alike instead of the first thread getting all the long ones.
   torch::stable::parallel_for(0, ngroups, grain, [&](int64_t gb, int64_t ge) {
-    scan(a, wk, gb * G, std::min(n, ge * G));
+    for (int64_t i = gb; i < ge; ++i) {
+      const int64_t g = (i % 2 == 0) ? i / 2 : ngroups - 1 - i / 2;
+      scan(a, wk, g * G, std::min(n, (g + 1) * G));
+    }
   });
 }
 

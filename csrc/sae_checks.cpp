@@ -280,28 +280,25 @@ Prepared prepare_forward(const char* op, DeviceType device, const Tensor& reward
   }
   fill_rows(op, a, opt, rewards, "rewards");
   const auto acc = out.use_double ? ScalarType::Double : ScalarType::Float;
-  if (given(opt.out0)) {
-    check_out(op, "out_advantages", *opt.out0, rewards, acc);
-    out.out0 = *opt.out0;
+  if (given(opt.out_advantages)) {
+    check_out(op, "out_advantages", *opt.out_advantages, rewards, acc);
+    out.out0 = *opt.out_advantages;
   } else {
     out.out0 = new_rows(rewards, B, T, packed, out.use_double);
   }
-  if (given(opt.out1)) {
-    check_out(op, "out_returns", *opt.out1, rewards, acc);
-    out.out1 = *opt.out1;
+  if (given(opt.out_returns)) {
+    check_out(op, "out_returns", *opt.out_returns, rewards, acc);
+    out.out1 = *opt.out_returns;
   } else {
     out.out1 = new_rows(rewards, B, T, packed, out.use_double);
   }
   const auto mat = [&](const Tensor& t) { return packed ? packed_mat(t) : as_mat(t); };
-  a.a = mat(rewards);
-  a.b = mat(values);
   a.mask = has_mask ? mat(*mask) : kAbsent;
   a.cut = CutSource{has_cut ? mat(*cut) : kAbsent, cut_is_logprobs && has_cut};
   a.bootstrap = has_bs ? as_mat(*bootstrap) : Mat{nullptr, 0, 0, Kind::F32};
   a.bootstrap.st = 0;
-  a.out0 = out.out0.data_ptr();
-  a.out1 = out.out1.data_ptr();
-  a.out2 = nullptr;
+  bind_forward(a, ForwardTensors{mat(rewards), mat(values), out.out0.data_ptr(),
+                                 out.out1.data_ptr()});
   return out;
 }
 
@@ -336,8 +333,8 @@ Prepared prepare_adjoint(const char* op, DeviceType device, const OptTensor& gra
     check_float_tensor(op, "grad_returns", *grad_returns);
     use_double |= grad_returns->scalar_type() == ScalarType::Double;
   }
-  SAE_CHECK(!opt.lam_critic.has_value() && !given(opt.lam_critic_rows) && !given(opt.out0) &&
-                !given(opt.out1),
+  SAE_CHECK(!opt.lam_critic.has_value() && !given(opt.lam_critic_rows) && !given(opt.out_advantages) &&
+                !given(opt.out_returns),
             op, ": the adjoint takes no critic lambda and no out= tensors");
   const int64_t B = packed ? check_cu_seqlens(op, *opt.cu_seqlens, "mask", mask) : mask.size(0);
   const int64_t T = packed ? mask.size(0) : mask.size(1);
@@ -351,18 +348,16 @@ Prepared prepare_adjoint(const char* op, DeviceType device, const OptTensor& gra
   fill_rows(op, a, opt, mask, "mask");
   out.out0 = new_rows(mask, B, T, packed, use_double);
   out.out1 = new_rows(mask, B, T, packed, use_double);
-  out.out2 = torch::stable::new_empty(mask, {B}, use_double ? ScalarType::Double : ScalarType::Float);
+  out.row_out = torch::stable::new_empty(mask, {B}, use_double ? ScalarType::Double : ScalarType::Float);
   const auto mat = [&](const Tensor& t) { return packed ? packed_mat(t) : as_mat(t); };
   const Mat none{nullptr, 0, 0, Kind::F32};
-  a.a = has_ga ? mat(*grad_advantages) : none;
-  a.b = has_gr ? mat(*grad_returns) : none;
   a.mask = mat(mask);
   a.cut = has_lp ? CutSource{mat(*logprobs), true}
                  : CutSource{has_bd ? mat(*boundaries) : kAbsent, false};
   a.bootstrap = none;
-  a.out0 = out.out0.data_ptr();
-  a.out1 = out.out1.data_ptr();
-  a.out2 = out.out2.data_ptr();
+  bind_adjoint(a, AdjointTensors{has_ga ? mat(*grad_advantages) : none,
+                                 has_gr ? mat(*grad_returns) : none, out.out0.data_ptr(),
+                                 out.out1.data_ptr(), out.row_out.data_ptr()});
   return out;
 }
 

@@ -40,7 +40,7 @@ template <typename... Args>
 
 struct Prepared {
   ScanArgs args;
-  Tensor out0, out1, out2;
+  Tensor out0, out1, row_out;  // ScanArgs' out0, out1, row_out
   bool use_double = false;
 };
 
@@ -51,7 +51,7 @@ struct Options {
   std::optional<double> lam_critic;     // forward only: returns from a critic chain
   OptTensor lam_critic_rows;            // forward only: [B] per-row lam_critic
   OptTensor cu_seqlens;                 // [B + 1] int32/int64: packed 1-D [N] inputs
-  OptTensor out0, out1;                 // forward only: preallocated outputs (out= overloads)
+  OptTensor out_advantages, out_returns;  // forward only: preallocated outputs (out= overloads)
 };
 
 // The variants' trailing schema arguments (csrc/torch_bindings.cpp), in schema order, as

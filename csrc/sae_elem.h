@@ -133,14 +133,17 @@ SAE_HD bool is_cut(const CutSource& c, const Params& p, const void* ptr, int64_t
 // element (b, start + t) of each Mat, and its outputs are at out + out_offset + t.
 struct ScanArgs {
   int64_t B, T;
-  Mat a;          // forward: rewards;  adjoint: grad_advantages (ptr may be null: zeros)
-  Mat b;          // forward: values;   adjoint: grad_returns    (ptr may be null: zeros)
+  // One engine runs both passes, so the per-token tensors have pass-neutral names: x and y
+  // are the first and second token operands of the pass's step in sae_step.h, out0 and out1
+  // its first and second token outputs (contiguous [B, T] or [N]), row_out its per-row
+  // output. Which tensor each one is, is said once: bind_forward / bind_adjoint below.
+  Mat x, y;       // ptr may be null (the adjoint's absent gradients): zeros
   Mat mask;       // ptr null: every token of every row is valid
   CutSource cut;  // cut.src.ptr null: no token starts a segment (lam_inner everywhere)
   Mat bootstrap;  // forward only: [B] (st == 0); ptr null means 0
-  void* out0;     // forward: advantages; adjoint: grad_rewards   (contiguous [B, T] or [N])
-  void* out1;     // forward: returns;    adjoint: grad_values    (contiguous [B, T] or [N])
-  void* out2;     // adjoint only: grad_bootstrap [B]; may be null
+  void* out0;
+  void* out1;
+  void* row_out;  // may be null
   Params p;
   // Per-row hyperparameters, [B] vectors (st == 0) of any float kind; ptr null: the scalar
   // of Params for every row.
@@ -154,6 +157,38 @@ struct ScanArgs {
   // [B + 1] row offsets, int32 or int64 (kind I32 / I64); ptr null: the padded layout.
   Mat cu{nullptr, 0, 0, Kind::I64};
 };
+
+// The tensors of each pass by name, and the one place that puts them into ScanArgs.
+struct ForwardTensors {
+  Mat rewards, values;
+  void* advantages;
+  void* returns;
+};
+
+struct AdjointTensors {
+  Mat grad_advantages, grad_returns;  // ptr null: that gradient is zero
+  void* grad_rewards;
+  void* grad_values;
+  void* grad_bootstrap;  // [B]; may be null
+};
+
+// forward_token(r, v, ...) -> (adv, ret); no per-row output.
+inline void bind_forward(ScanArgs& s, const ForwardTensors& t) {
+  s.x = t.rewards;
+  s.y = t.values;
+  s.out0 = t.advantages;
+  s.out1 = t.returns;
+  s.row_out = nullptr;
+}
+
+// adjoint_token(ga, gr, ...) -> (dr, dv); the carry after the last token is dLoss/dbootstrap.
+inline void bind_adjoint(ScanArgs& s, const AdjointTensors& t) {
+  s.x = t.grad_advantages;
+  s.y = t.grad_returns;
+  s.out0 = t.grad_rewards;
+  s.out1 = t.grad_values;
+  s.row_out = t.grad_bootstrap;
+}
 
 // Element i of an int32 / int64 index vector.
 SAE_HD int64_t load_index(const Mat& m, int64_t i) {

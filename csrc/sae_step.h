@@ -81,6 +81,13 @@ SAE_HD bool is_valid_lambda(acc_t lam_t) {
   return lam_t >= acc_t(0);
 }
 
+// The same test on a vector of lambdas (the CPU kernels' vector types; scalar_t their lane
+// type): a lane mask.
+template <typename scalar_t, typename lanes_t>
+SAE_HD auto valid_lambda_lanes(const lanes_t& lam_t) {
+  return lam_t >= scalar_t(0);
+}
+
 // lambda applied when stepping from token t to its predecessor.
 template <typename acc_t>
 SAE_HD acc_t token_lambda(bool cut, const Params& p) {

@@ -188,8 +188,8 @@ template <bool Adjoint>
 void scan_all_rows(const ScanArgs& a, bool use_double) {
   if (a.B == 0 || a.T == 0) {
     if (Adjoint && a.B > 0) {  // no tokens: dLoss/dbootstrap is 0
-      if (use_double) std::fill_n(static_cast<double*>(a.out2), a.B, 0.0);
-      else std::fill_n(static_cast<float*>(a.out2), a.B, 0.0f);
+      if (use_double) std::fill_n(static_cast<double*>(a.row_out), a.B, 0.0);
+      else std::fill_n(static_cast<float*>(a.row_out), a.B, 0.0f);
     }
     return;
   }

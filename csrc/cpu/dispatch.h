@@ -8,7 +8,7 @@ namespace sae {
 namespace cpu {
 
 // Every row of `a`: the forward pass (advantages, returns) or, Adjoint, its adjoint;
-// float64 accumulation when use_double, else float32. Outputs are a.out0..out2.
+// float64 accumulation when use_double, else float32. Outputs are a.out0, a.out1, a.row_out.
 template <bool Adjoint>
 void scan_all_rows(const ScanArgs& a, bool use_double);
 

@@ -34,8 +34,8 @@ std::tuple<Tensor, Tensor> advantages_out_cpu(
     const OptTensor& lam_critic_rows, const OptTensor& cu_seqlens, Tensor out_advantages,
     Tensor out_returns) {
   Options o = variant_options(lam_rows, lam_inner_rows, lam_critic, lam_critic_rows, cu_seqlens);
-  o.out0 = out_advantages;
-  o.out1 = out_returns;
+  o.out_advantages = out_advantages;
+  o.out_returns = out_returns;
   Prepared pr = prepare_forward("sae.advantages.out", DeviceType::CPU, rewards, values, logprobs,
                                 true, mask, gamma, lam, lam_inner, threshold, bootstrap, o);
   cpu::scan_all_rows<false>(pr.args, pr.use_double);
@@ -65,7 +65,7 @@ std::tuple<Tensor, Tensor, Tensor> advantages_backward_cpu(
       boundaries, gamma, lam, lam_inner, threshold,
       variant_options(lam_rows, lam_inner_rows, std::nullopt, std::nullopt, cu_seqlens));
   cpu::scan_all_rows<true>(pr.args, pr.use_double);
-  return {pr.out0, pr.out1, pr.out2};
+  return {pr.out0, pr.out1, pr.row_out};
 }
 
 }  // namespace

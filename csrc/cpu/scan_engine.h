@@ -178,8 +178,8 @@ SAE_INLINE void scan_group(const ScanArgs& a, const Consts<S, W>& cs, Layout lay
           const TileOf tp = tile_of<!Adjoint>(span[g].len, ntl[g], ii + kPrefetchTiles);
           if (tp.n == 0) continue;
           const int64_t t = span[g].start + tp.t0;
-          prefetch_run(a.a, rows[g], t, tp.n);
-          prefetch_run(a.b, rows[g], t, tp.n);
+          prefetch_run(a.x, rows[g], t, tp.n);
+          prefetch_run(a.y, rows[g], t, tp.n);
           prefetch_run(a.mask, rows[g], t, tp.n);
           prefetch_run(a.cut.src, rows[g], t, tp.n);
         }
@@ -202,7 +202,7 @@ SAE_INLINE void scan_group(const ScanArgs& a, const Consts<S, W>& cs, Layout lay
         const int k = Adjoint ? j : W - 1 - j;
         for (int v = 0; v < NV; ++v) {
           if (v >= nv) break;
-          const auto ok = l[v][k] >= S(0);
+          const auto ok = valid_lambda_lanes<S>(l[v][k]);
           V s = carry[v], r0, r1;
           if (Adjoint) adjoint_token(V::of(x[v][k]), V::of(y[v][k]), V::of(l[v][k]), cs.gamma, s, r0, r1);
           else forward_token(V::of(x[v][k]), V::of(y[v][k]), V::of(l[v][k]), cs.gamma, s, r0, r1);
@@ -261,7 +261,7 @@ SAE_INLINE void scan_group(const ScanArgs& a, const Consts<S, W>& cs, Layout lay
       S u[W];
       memcpy(u, &carry[v].v, sizeof(u));
       for (int g = 0; g < W && v * W + g < nrows; ++g)
-        if (segs[v * W + g].writes_u) static_cast<S*>(a.out2)[rows[v * W + g]] = u[g];
+        if (segs[v * W + g].writes_u) static_cast<S*>(a.row_out)[rows[v * W + g]] = u[g];
     }
   }
 }
@@ -293,8 +293,8 @@ SAE_INLINE void scan_one_row(const ScanArgs& a, const Consts<S, W>& cs, Layout l
     const int n = tl.n;
     const TileOf tp = tile_of<!Adjoint>(span.len, ntiles, ii + kPrefetchTiles);
     if (kPrefetchTiles > 0 && tp.n > 0) {
-      prefetch_run(a.a, row, span.start + tp.t0, tp.n);
-      prefetch_run(a.b, row, span.start + tp.t0, tp.n);
+      prefetch_run(a.x, row, span.start + tp.t0, tp.n);
+      prefetch_run(a.y, row, span.start + tp.t0, tp.n);
       prefetch_run(a.mask, row, span.start + tp.t0, tp.n);
       prefetch_run(a.cut.src, row, span.start + tp.t0, tp.n);
     }
@@ -331,7 +331,7 @@ SAE_INLINE void scan_one_row(const ScanArgs& a, const Consts<S, W>& cs, Layout l
   if (Compose) {
     comp[0] = prod, comp[1] = carry, comp[2] = cprod, comp[3] = ccarry;
   } else if (Adjoint && seg.writes_u) {
-    static_cast<S*>(a.out2)[row] = carry;
+    static_cast<S*>(a.row_out)[row] = carry;
   }
 }
 

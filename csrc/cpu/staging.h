@@ -225,8 +225,8 @@ struct Layout {
 inline Layout layout_of(const ScanArgs& a) {
   const auto contiguous = [](const Mat& m) { return m.ptr != nullptr && m.st == 1; };
   const Layout generic{false, 0};
-  if (!contiguous(a.a) || !contiguous(a.b) || a.a.kind != a.b.kind) return generic;
-  const Kind k = a.a.kind;
+  if (!contiguous(a.x) || !contiguous(a.y) || a.x.kind != a.y.kind) return generic;
+  const Kind k = a.x.kind;
   if (k != Kind::F32 && k != Kind::BF16) return generic;
   const bool no_mask = a.mask.ptr == nullptr;
   if (!no_mask && (a.mask.st != 1 || a.mask.kind != Kind::B8)) return generic;
@@ -247,8 +247,8 @@ SAE_INLINE void stage_row_fast(const ScanArgs& a, const Consts<S, W>& cs, const 
   typedef vec_t<S, W> R;
   typedef vec_t<typename Vec<S, W>::I, W> M;
   constexpr int es = K == Kind::BF16 ? 2 : 4;
-  const char* pa = static_cast<const char*>(a.a.ptr) + (row * a.a.sb + t0) * es;
-  const char* pb = static_cast<const char*>(a.b.ptr) + (row * a.b.sb + t0) * es;
+  const char* pa = static_cast<const char*>(a.x.ptr) + (row * a.x.sb + t0) * es;
+  const char* pb = static_cast<const char*>(a.y.ptr) + (row * a.y.sb + t0) * es;
   const uint8_t* pm = NoMask ? nullptr : static_cast<const uint8_t*>(a.mask.ptr) + row * a.mask.sb + t0;
   const char* pc = C == CutIn::None ? nullptr
                  : static_cast<const char*>(a.cut.src.ptr) + (row * a.cut.src.sb + t0) * (C == CutIn::LP ? es : 1);
@@ -307,8 +307,8 @@ SAE_INLINE void stage_row(const ScanArgs& a, const Consts<S, W>& cs, const RowLa
       default: break;
     }
   } else {
-    stage_numbers<S, W>(a.a, row, t0, n, xs);
-    stage_numbers<S, W>(a.b, row, t0, n, ys);
+    stage_numbers<S, W>(a.x, row, t0, n, xs);
+    stage_numbers<S, W>(a.y, row, t0, n, ys);
     stage_lambda<S, W>(a, cs, rl, row, t0, n, ls);
     done = (n + W - 1) / W * W;
   }

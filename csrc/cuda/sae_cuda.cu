@@ -57,8 +57,8 @@ std::tuple<Tensor, Tensor> advantages_out_cuda(
     const OptTensor& lam_critic_rows, const OptTensor& cu_seqlens, Tensor out_advantages,
     Tensor out_returns) {
   Options o = variant_options(lam_rows, lam_inner_rows, lam_critic, lam_critic_rows, cu_seqlens);
-  o.out0 = out_advantages;
-  o.out1 = out_returns;
+  o.out_advantages = out_advantages;
+  o.out_returns = out_returns;
   Prepared pr = prepare_forward("sae.advantages.out", DeviceType::CUDA, rewards, values, logprobs,
                                 true, mask, gamma, lam, lam_inner, threshold, bootstrap, o);
   run_scan<false>(pr, rewards);
@@ -88,7 +88,7 @@ std::tuple<Tensor, Tensor, Tensor> advantages_backward_cuda(
       boundaries, gamma, lam, lam_inner, threshold,
       variant_options(lam_rows, lam_inner_rows, std::nullopt, std::nullopt, cu_seqlens));
   run_scan<true>(pr, mask);
-  return {pr.out0, pr.out1, pr.out2};
+  return {pr.out0, pr.out1, pr.row_out};
 }
 
 Tensor segment_boundaries_cuda(const Tensor& logprobs, const Tensor& mask, double threshold) {

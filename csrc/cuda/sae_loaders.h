@@ -21,7 +21,7 @@ namespace sae {
 // run of kPerLane elements starting 16-byte aligned (8 for one-byte kinds). Decided once per
 // launch on the host.
 struct VecFlags {
-  bool a, b, mask, cut, out;
+  bool x, y, mask, cut, out;  // ScanArgs x, y, mask, cut, and both outputs
 };
 
 inline bool run_aligned(const void* ptr, int64_t row_stride, int64_t st, int elem_size) {
@@ -36,7 +36,7 @@ inline bool run_aligned(const void* ptr, int64_t row_stride, int64_t st, int ele
 inline VecFlags vec_flags(const ScanArgs& s, int acc_size) {
   const auto ok = [](const Mat& m) { return run_aligned(m.ptr, m.sb, m.st, kind_size(m.kind)); };
   const int64_t out_row = s.cu.ptr != nullptr ? 0 : s.T;
-  return VecFlags{ok(s.a), ok(s.b), ok(s.mask), ok(s.cut.src),
+  return VecFlags{ok(s.x), ok(s.y), ok(s.mask), ok(s.cut.src),
                   run_aligned(s.out0, out_row, 1, acc_size) && run_aligned(s.out1, out_row, 1, acc_size)};
 }
 
@@ -63,13 +63,13 @@ template <typename acc_t, Kind V, Kind M, Kind C>
 struct SpecLoader {
   using acc = acc_t;
   struct Raw {
-    Run<V> a, b;
+    Run<V> x, y;
     RunOrNone<M> m;
     RunOrNone<C> c;
     int n;  // tokens present: with a mask, missing ones read as masked anyway
   };
   static SAE_HD Raw load(const ScanArgs& s, const VecFlags& vec, int64_t row, int64_t t0, int n) {
-    return Raw{load_run<V>(s.a, row, t0, n, vec.a), load_run<V>(s.b, row, t0, n, vec.b),
+    return Raw{load_run<V>(s.x, row, t0, n, vec.x), load_run<V>(s.y, row, t0, n, vec.y),
                load_run_or_none<M>(s.mask, row, t0, n, vec.mask),
                load_run_or_none<C>(s.cut.src, row, t0, n, vec.cut), n};
   }
@@ -77,8 +77,8 @@ struct SpecLoader {
                             Tile<acc_t>& t) {
     SAE_UNROLL
     for (int k = 0; k < kPerLane; ++k) {
-      t.x[k] = run_value<acc_t>(r.a, k);
-      t.y[k] = run_value<acc_t>(r.b, k);
+      t.x[k] = run_value<acc_t>(r.x, k);
+      t.y[k] = run_value<acc_t>(r.y, k);
       bool valid, cut;
       if constexpr (M == kAbsent) valid = k < r.n;
       else valid = run_nonzero(r.m, k);
@@ -94,7 +94,7 @@ struct SpecLoader {
     const bool cut_ok = C == kAbsent ? s.cut.src.ptr == nullptr
                                      : s.cut.src.ptr != nullptr && s.cut.src.kind == C &&
                                            s.cut.from_logprobs == (C != Kind::B8);
-    return (s.a.ptr == nullptr || s.a.kind == V) && (s.b.ptr == nullptr || s.b.kind == V) &&
+    return (s.x.ptr == nullptr || s.x.kind == V) && (s.y.ptr == nullptr || s.y.kind == V) &&
            mask_ok && cut_ok;
   }
 };
@@ -156,8 +156,8 @@ struct GenericLoader {
   };
   static SAE_HD Raw load(const ScanArgs& s, const VecFlags& vec, int64_t row, int64_t t0, int n) {
     Raw r;
-    detail::load_numbers_any(s.a, row, t0, n, vec.a, r.x);
-    detail::load_numbers_any(s.b, row, t0, n, vec.b, r.y);
+    detail::load_numbers_any(s.x, row, t0, n, vec.a, r.x);
+    detail::load_numbers_any(s.y, row, t0, n, vec.b, r.y);
     // Absent tensors: one test per chunk, outside the element loops.
     r.valid = s.mask.ptr != nullptr
                   ? detail::load_flags_any(s.mask, row, t0, n, vec.mask, s.p, false, false)

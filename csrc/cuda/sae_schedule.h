@@ -120,7 +120,7 @@ SAE_HD acc_t initial_carry(const ScanArgs& s, int64_t row) {
 
 template <typename acc_t, bool Adjoint>
 SAE_HD void finish_row(const ScanArgs& s, int64_t row, acc_t carry) {
-  if (Adjoint && s.out2 != nullptr) static_cast<acc_t*>(s.out2)[row] = carry;
+  if (Adjoint && s.row_out != nullptr) static_cast<acc_t*>(s.row_out)[row] = carry;
 }
 
 // What every thread of a row needs before its chunks: where its tokens are, its lambdas and

@@ -61,7 +61,7 @@ std::tuple<Tensor, Tensor, Tensor> emulated_advantages_backward(
       mask, logprobs, boundaries, gamma, lam, lam_inner, threshold,
       variant_options(lam_rows, lam_inner_rows, std::nullopt, std::nullopt, cu_seqlens));
   emulate<true>(pr);
-  return {pr.out0, pr.out1, pr.out2};
+  return {pr.out0, pr.out1, pr.row_out};
 }
 
 }  // namespace

@@ -155,14 +155,14 @@ ScanArgs scan_args(const Case& c, const Inputs& in, void* out0, void* out1, void
   ScanArgs s;
   s.B = c.B;
   s.T = c.T;
-  s.a = in.r.mat;
-  s.b = in.v.mat;
+  s.x = in.r.mat;
+  s.y = in.v.mat;
   s.mask = in.mask.mat;
   s.cut = CutSource{in.cut.mat, c.from_logprobs};
   s.bootstrap = c.with_bootstrap ? in.bootstrap.mat : Mat{nullptr, 0, 0, Kind::F32};
   s.out0 = out0;
   s.out1 = out1;
-  s.out2 = out2;
+  s.row_out = out2;
   s.p = make_params(c);
   return s;
 }
@@ -247,13 +247,9 @@ void check_adjoint_typed(const Case& c, const char* name) {
   cg.mask_density = 1.0;  // only the gradient values are used from this draw
   const Inputs gin = make_inputs(cg);  // its r, v serve as gA, gR
   ScanArgs s = scan_args(cf, in, nullptr, nullptr, nullptr);
-  s.a = gin.r.mat;
-  s.b = gin.v.mat;
   s.bootstrap = Mat{nullptr, 0, 0, Kind::F32};
   std::vector<acc_t> dr(c.B * c.T, acc_t(-7)), dv(c.B * c.T, acc_t(-7)), db(c.B, acc_t(-7));
-  s.out0 = dr.data();
-  s.out1 = dv.data();
-  s.out2 = db.data();
+  bind_adjoint(s, AdjointTensors{gin.r.mat, gin.v.mat, dr.data(), dv.data(), db.data()});
   run_emulated<true>(cf, s);
 
   double lhs = 0, rhs = 0, mag = 0;
@@ -406,15 +402,15 @@ ScanArgs row_alone(const ScanArgs& s, int64_t b, int acc_size, void* out0, void*
   const auto shift = [&](Mat& m) {
     if (m.ptr) m.ptr = static_cast<const char*>(m.ptr) + b * m.sb * kind_size(m.kind);
   };
-  shift(r.a);
-  shift(r.b);
+  shift(r.x);
+  shift(r.y);
   shift(r.mask);
   shift(r.cut.src);
   shift(r.bootstrap);
   r.B = 1;
   r.out0 = out0;
   r.out1 = out1;
-  r.out2 = out2;
+  r.row_out = out2;
   (void)acc_size;
   return r;
 }
@@ -432,7 +428,7 @@ void check_schedules_on(const Case& c, const ScanArgs& base, const char* name, b
     ScanArgs s = s0;
     s.out0 = o0.data();
     s.out1 = o1.data();
-    s.out2 = Adjoint ? o2.data() : nullptr;
+    s.row_out = Adjoint ? o2.data() : nullptr;
     emu::emulate_scan<Adjoint>(s, sizeof(acc_t) == 8, o);
   };
   const std::vector<Variant> variants = schedule_variants(full);
@@ -470,13 +466,13 @@ void check_schedules_typed(const Case& c, const char* name, bool full, bool null
   cg.value_kind = sizeof(acc_t) == 8 ? Kind::F64 : Kind::F32;
   const Inputs gin = make_inputs(cg);
   ScanArgs adj = fwd;
-  adj.a = gin.r.mat;
-  adj.b = gin.v.mat;
+  adj.x = gin.r.mat;
+  adj.y = gin.v.mat;
   adj.bootstrap = Mat{nullptr, 0, 0, Kind::F32};
   check_schedules_on<true, acc_t>(c, adj, name, full);
   if (!null_grad) return;
   // One gradient absent (reads as zeros), as autograd passes when one output is unused.
-  adj.b = Mat{nullptr, 0, 0, Kind::F32};
+  adj.y = Mat{nullptr, 0, 0, Kind::F32};
   check_schedules_on<true, acc_t>(c, adj, name, full);
 }
 
@@ -668,8 +664,8 @@ ScanArgs packed_args(const Packed& c, const PackedInputs& in, const Params& p) {
   ScanArgs s;
   s.B = in.B;
   s.T = in.N;
-  s.a = in.r.mat;
-  s.b = in.v.mat;
+  s.x = in.r.mat;
+  s.y = in.v.mat;
   s.mask = c.with_mask ? in.mask.mat : Mat{nullptr, 0, 0, Kind::B8};
   s.cut = CutSource{c.with_cut ? in.lp.mat : Mat{nullptr, 0, 0, c.value_kind}, true};
   s.bootstrap = c.with_bootstrap ? in.bootstrap.mat : Mat{nullptr, 0, 0, Kind::F32};
@@ -776,12 +772,8 @@ void check_packed_adjoint(const Packed& c, const char* name) {
   s.out1 = ret.data();
   emu::emulate_scan<false>(s, false, g_opts);
   ScanArgs g = s;
-  g.a = gin.r.mat;
-  g.b = gin.v.mat;
   g.bootstrap = Mat{nullptr, 0, 0, Kind::F32};
-  g.out0 = dr.data();
-  g.out1 = dv.data();
-  g.out2 = db.data();
+  bind_adjoint(g, AdjointTensors{gin.r.mat, gin.v.mat, dr.data(), dv.data(), db.data()});
   emu::emulate_scan<true>(g, false, g_opts);
   double lhs = 0, rhs = 0, mag = 0;
   for (int64_t i = c.pad_start; i < in.N; ++i) {

@@ -156,8 +156,8 @@ struct GenericLoader {
   };
   static SAE_HD Raw load(const ScanArgs& s, const VecFlags& vec, int64_t row, int64_t t0, int n) {
     Raw r;
-    detail::load_numbers_any(s.x, row, t0, n, vec.a, r.x);
-    detail::load_numbers_any(s.y, row, t0, n, vec.b, r.y);
+    detail::load_numbers_any(s.x, row, t0, n, vec.x, r.x);
+    detail::load_numbers_any(s.y, row, t0, n, vec.y, r.y);
     // Absent tensors: one test per chunk, outside the element loops.
     r.valid = s.mask.ptr != nullptr
                   ? detail::load_flags_any(s.mask, row, t0, n, vec.mask, s.p, false, false)

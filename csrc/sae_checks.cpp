@@ -204,9 +204,10 @@ void fill_rows(const char* op, ScanArgs& a, const Options& opt, const Tensor& re
     into = as_mat(*t);
     into.st = 0;
   };
-  per_row_lam(opt.lam_rows, "lam_rows", a.lam_rows);
-  per_row_lam(opt.lam_inner_rows, "lam_inner_rows", a.lam_inner_rows);
-  per_row_lam(opt.lam_critic_rows, "lam_critic_rows", a.lam_critic_rows);
+  // Named as the Python API names them (a [B] `lam` reaches the op as lam_rows).
+  per_row_lam(opt.lam_rows, "lam", a.lam_rows);
+  per_row_lam(opt.lam_inner_rows, "lam_inner", a.lam_inner_rows);
+  per_row_lam(opt.lam_critic_rows, "lam_critic", a.lam_critic_rows);
   if (given(opt.cu_seqlens)) a.cu = as_mat(*opt.cu_seqlens);
 }
 

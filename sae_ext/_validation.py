@@ -118,8 +118,9 @@ def out_like(op, name, out, ref, dtype):
 
 
 def _variants(op, B, ref_name, ref, lam_rows, lam_inner_rows, lam_critic_rows):
-    for name, t in (("lam_rows", lam_rows), ("lam_inner_rows", lam_inner_rows),
-                    ("lam_critic_rows", lam_critic_rows)):
+    # Named as the Python API names them (a [B] `lam` reaches the op as lam_rows).
+    for name, t in (("lam", lam_rows), ("lam_inner", lam_inner_rows),
+                    ("lam_critic", lam_critic_rows)):
         if t is not None:
             per_row(op, name, t, B, ref_name, ref)
 

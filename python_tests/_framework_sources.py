@@ -6,7 +6,9 @@ SAE oracle are in _integrations_common.py.
 
 Sources read:
 - AReaL: areal-project/AReaL main, commit cbff54d645d2cd8ee1f1c358a82f3f473588433d (package
-  version 2.0.0), areal/trainer/ppo/gae.py and areal/trainer/ppo/lambda_fn.py.
+  version 2.0.0), areal/trainer/ppo/gae.py (_compute_token_level_gae,
+  _compute_turn_level_gae, _build_gae_lambda_context), areal/trainer/ppo/lambda_fn.py and,
+  for the layout turn ids arrive in, areal/trainer/ppo/actor.py (_compute_advantages).
 - NeMo-RL: NVIDIA-NeMo/RL tag v0.7.0, commit 81aa43dda4765b0429cf31dab44441e4e4383911,
   nemo_rl/algorithms/advantage_estimator.py (GeneralizedAdvantageEstimator) and
   nemo_rl/algorithms/utils.py (masked_mean, masked_var).
@@ -88,6 +90,50 @@ def areal_token_level_gae(rewards, values, loss_mask, seq_no_eos_mask, discount,
     return adv, adv + v
 
 
+def areal_turn_level_gae(rewards, values, loss_mask, turn_ids, seq_no_eos_mask, discount,
+                         gae_lambda):
+    """_compute_turn_level_gae, one row and one turn at a time. A turn is the set of
+    ``loss_mask`` positions sharing a turn id (any position, the last one included); its
+    reward is their rewards' sum, its value the value at its first position. Turns, in
+    increasing id, are the steps of the loop: ``values[:, -1] * seq_no_eos_mask`` is the
+    next-value after the last turn, γ and λ apply once per turn. Each position gets its
+    turn's advantage and return (the turn's advantage plus the turn's value) times
+    ``loss_mask``; off the mask the return is ``values``."""
+    r, v, m = rewards.double().cpu(), values.double().cpu(), loss_mask.double().cpu()
+    ids = turn_ids.cpu()
+    B, T = r.shape
+    adv = torch.zeros(B, T, dtype=torch.float64)
+    ret = torch.zeros(B, T, dtype=torch.float64)
+    for b in range(B):
+        lb = _lam_of_row(gae_lambda, b)
+        turn_reward, turn_first = {}, {}
+        for t in range(T):
+            if m[b, t] != 0:
+                k = int(ids[b, t])
+                turn_first.setdefault(k, t)
+                turn_reward[k] = turn_reward.get(k, 0.0) + r[b, t].item()
+        next_value = v[b, T - 1].item() * float(seq_no_eos_mask[b])
+        last = 0.0
+        turn_adv, turn_ret = {}, {}
+        for k in sorted(turn_first, reverse=True):
+            value = v[b, turn_first[k]].item()
+            last = turn_reward[k] + discount * next_value - value + discount * lb * last
+            next_value = value
+            turn_adv[k], turn_ret[k] = last, last + value
+        for t in range(T):
+            mt = m[b, t].item()
+            k = int(ids[b, t])
+            adv[b, t] = turn_adv[k] * mt if mt != 0 else 0.0
+            ret[b, t] = (turn_ret[k] * mt if mt != 0 else 0.0) + v[b, t].item() * (1 - mt)
+    return adv, ret
+
+
+def areal_turn_counts(loss_mask, turn_ids):
+    """_build_gae_lambda_context's turn_counts: the turn ids with a loss_mask position."""
+    return torch.tensor([len({int(k) for k, mt in zip(ids, row) if mt != 0})
+                         for ids, row in zip(turn_ids.cpu(), loss_mask.cpu())])
+
+
 def areal_relative_position(loss_mask, q):
     """relative_position_gae_lambda on token-level lengths."""
     out = []
@@ -117,6 +163,52 @@ def areal_batch(B=6, T=48, *, seed=0, holes=False, truncated=(0, 2)):
         loss_mask[b] = torch.roll(gen, shifts=-1)
     rewards = rewards * loss_mask
     return rewards, values, logprobs, loss_mask, seq_no_eos
+
+
+def areal_turn_batch(B=6, T=64, *, seed=0, max_turns=4, holes=False, truncated=(0, 2),
+                     id_gaps=False):
+    """A multi-turn batch in AReaL's layout, as its actor hands it to
+    ``_compute_turn_level_gae``: per row a prompt, 1..``max_turns`` generated turns with
+    tool output between them (turn id -1, loss mask 0), trailing padding; ``loss_mask`` and
+    ``turn_ids`` rolled left by one, the last turn id set to -1. ``holes`` masks a few
+    positions inside a turn that keep the turn's id; ``id_gaps`` numbers the turns 0, 2, 4..
+    and gives the padding ids that no loss position uses (AReaL reads ids only on the mask).
+    Rewards sit on every position, masked ones included. Returns rewards, values,
+    loss_mask (float), turn_ids (int64), seq_no_eos_mask."""
+    g = torch.Generator().manual_seed(seed)
+    rewards = 0.1 * torch.randn(B, T, generator=g)
+    values = torch.randn(B, T, generator=g)
+    loss_mask = torch.zeros(B, T)
+    turn_ids = torch.zeros(B, T, dtype=torch.long)
+    seq_no_eos = torch.zeros(B, dtype=torch.bool)
+    for b in range(B):
+        gen = torch.zeros(T)
+        ids = torch.full((T,), -1, dtype=torch.long)
+        t = int(torch.randint(2, 6, (1,), generator=g))
+        n_turns = int(torch.randint(1, max_turns + 1, (1,), generator=g))
+        for k in range(n_turns):
+            length = int(torch.randint(2, 8, (1,), generator=g))
+            end = min(t + length, T - 1)
+            if t >= end:
+                break
+            gen[t:end] = 1
+            ids[t:end] = 2 * k if id_gaps else k
+            if holes and end - t >= 4:
+                gen[t + 1] = 0  # inside the turn, its id kept
+            t = end + int(torch.randint(1, 5, (1,), generator=g))  # tool output
+        if b in truncated:  # the last turn runs to the end of the sequence
+            last = int(torch.nonzero(gen).max())
+            gen[last:] = 1
+            ids[last:] = ids[last]
+            seq_no_eos[b] = True
+        else:
+            rewards[b, max(int(torch.nonzero(gen).max()) - 1, 0)] += 1.0
+        if id_gaps:
+            ids[gen == 0] = torch.randint(-3, 2 * T, (int((gen == 0).sum()),), generator=g)
+        loss_mask[b] = torch.roll(gen, shifts=-1)
+        turn_ids[b] = torch.roll(ids, shifts=-1)
+        turn_ids[b, -1] = -1
+    return rewards, values, loss_mask, turn_ids, seq_no_eos
 
 
 # ------------------------------------------------------------------------------------------

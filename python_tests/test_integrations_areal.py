@@ -1,14 +1,21 @@
-"""sae_ext.integrations.areal against AReaL's own code: a loop written from AReaL main
-(areal-project/AReaL cbff54d, gae.py/lambda_fn.py; see _framework_sources.py), and the
+"""sae_ext.integrations.areal against AReaL's own code: loops written from AReaL main
+(areal-project/AReaL cbff54d, gae.py/lambda_fn.py; see _framework_sources.py), the
 ``areal`` 1.0.4 package's ``PPOActor._compute_advantages`` where it is installed
-(scripts/install_frameworks_for_tests.sh; skipped otherwise, saying why)."""
+(scripts/install_frameworks_for_tests.sh; skipped otherwise, saying why), and for turn-level
+GAE, which no PyPI release has yet, AReaL's ``_compute_turn_level_gae`` from an installed
+package that has it or from the checkout that AREAL_SOURCE names."""
+import importlib.util
+import os
+import sys
 import types
 
 import pytest
 import torch
 
+import sae_ext
 from _framework_sources import (DEVICES, areal_batch, areal_relative_position,
-                                areal_token_level_gae, device_or_skip,
+                                areal_token_level_gae, areal_turn_batch, areal_turn_counts,
+                                areal_turn_level_gae, device_or_skip,
                                 vapo_length_adaptive_loop)
 from _integrations_common import ATOL, MASK_DTYPES, sae_oracle
 from sae_ext.integrations import areal as sae_areal
@@ -212,3 +219,212 @@ def test_gae_equals_the_areal_package(holes, gamma, lam, kl_ctl):
                                                    seq_no_eos, out["logprobs"], gamma, lam,
                                                    lam_inner=lam)
     torch.testing.assert_close(sae_adv[valid], out["advantages"][valid], atol=ATOL, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------
+# Turn-level GAE (gae_timestep_unit="turn"), against a loop written from AReaL main cbff54d
+# and against AReaL's own _compute_turn_level_gae where one can be loaded
+# ------------------------------------------------------------------------------------------
+
+def _try_areal_turn_gae():
+    """AReaL's _compute_turn_level_gae: from the installed package when it has one (the PyPI
+    release, 1.0.4, does not: turn-level GAE came to AReaL main after v2.0.0), else from the
+    AReaL checkout that AREAL_SOURCE names, its areal/trainer/ppo/gae.py loaded by path (it
+    imports only torch and a TypedDict of lambda_fn.py, stubbed while it loads)."""
+    try:
+        from areal.trainer.ppo.gae import _compute_turn_level_gae
+        return _compute_turn_level_gae, None
+    except Exception as exc:
+        err = f"areal.trainer.ppo.gae._compute_turn_level_gae not importable ({type(exc).__name__})"
+    src = os.environ.get("AREAL_SOURCE")
+    if not src:
+        return None, err + "; set AREAL_SOURCE to an AReaL checkout (main at cbff54d or later)"
+    path = os.path.join(src, "areal", "trainer", "ppo", "gae.py")
+    name = "areal.trainer.ppo.lambda_fn"
+    saved = sys.modules.get(name)
+    stub = types.ModuleType(name)
+    stub.GAELambdaContext = dict
+    sys.modules[name] = stub
+    try:
+        spec = importlib.util.spec_from_file_location("_areal_source_gae", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        if saved is None:
+            del sys.modules[name]
+        else:
+            sys.modules[name] = saved
+    return module._compute_turn_level_gae, None
+
+
+areal_turn_gae, _areal_turn_err = _try_areal_turn_gae()
+needs_areal_turn = pytest.mark.skipif(areal_turn_gae is None, reason=str(_areal_turn_err))
+
+
+def _assert_turn_close(got, ref):
+    for g, r in zip(got, ref):
+        torch.testing.assert_close(g.cpu().double(), r.double().cpu(), atol=ATOL, rtol=0)
+
+
+TURN_CASES = [dict(), dict(holes=True), dict(id_gaps=True), dict(max_turns=1),
+              dict(holes=True, id_gaps=True, max_turns=6)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mask_dtype", MASK_DTYPES)
+@pytest.mark.parametrize("case", TURN_CASES, ids=lambda c: "-".join(c) or "plain")
+@pytest.mark.parametrize("gamma,lam", [(1.0, 0.95), (0.99, 0.9), (0.9, 0.0)])
+def test_turn_gae_equals_areal_everywhere(device, mask_dtype, case, gamma, lam):
+    """Every position (AReaL's: times loss_mask, the values as return off it), several turns
+    per row, tool output between turns, trailing padding, truncated rows 0 and 2."""
+    dev = device_or_skip(device)
+    r, v, m, ids, no_eos = areal_turn_batch(seed=30 + len(case), **case)
+    m[4] = 0  # a row without a turn
+    ref = areal_turn_level_gae(r, v, m, ids, no_eos, gamma, lam)
+    got = sae_areal.compute_turn_level_gae(*(_on(x, dev) for x in (r, v, m.to(mask_dtype), ids,
+                                                                     no_eos)), gamma, lam)
+    assert got[0].device.type == dev.type
+    _assert_turn_close(got, ref)
+    assert (got[0].cpu()[4] == 0).all() and torch.equal(got[1].cpu()[4], v[4])
+
+
+def test_turn_batch_has_what_the_cases_need():
+    """The batches above hold several turns, tool gaps, holes inside turns and truncated rows."""
+    r, v, m, ids, no_eos = areal_turn_batch(seed=31, holes=True)
+    counts = areal_turn_counts(m, ids)
+    assert counts.max() >= 3 and no_eos[0] and no_eos[2] and not no_eos[1]
+    assert m[0, -2] == 1 and m[:, -1].eq(0).all()  # truncated: the last turn reaches T - 2
+    inside = (ids >= 0) & (m == 0)  # positions of a turn off the mask (holes)
+    assert inside.any()
+
+
+def test_one_turn_is_the_sum_of_its_rewards_plus_the_bootstrap():
+    """One turn per row: A = Σ rewards on the mask + γ·bootstrap − V(first position), on
+    every position of the turn, whatever λ."""
+    r, v, m, ids, no_eos = areal_turn_batch(seed=32, max_turns=1)
+    assert areal_turn_counts(m, ids).eq(1).all()
+    gamma = 0.9
+    for lam in (0.0, 0.7):
+        adv, ret = sae_areal.compute_turn_level_gae(r, v, m, ids, no_eos, gamma, lam)
+        for b in range(m.shape[0]):
+            pos = torch.nonzero(m[b]).flatten()
+            exp = (r[b, pos].double().sum() + gamma * v[b, -1].double() * no_eos[b]
+                   - v[b, pos[0]].double())
+            torch.testing.assert_close(adv[b, pos].double(), exp.expand(len(pos)), atol=ATOL,
+                                       rtol=0)
+            torch.testing.assert_close(ret[b, pos].double(),
+                                       (exp + v[b, pos[0]]).expand(len(pos)), atol=ATOL, rtol=0)
+
+
+def test_turn_truncated_rows_bootstrap_from_the_last_value():
+    r, v, m, ids, no_eos = areal_turn_batch(seed=33, truncated=(0, 1, 3))
+    got = sae_areal.compute_turn_level_gae(r, v, m, ids, no_eos, 1.0, 0.9)
+    _assert_turn_close(got, areal_turn_level_gae(r, v, m, ids, no_eos, 1.0, 0.9))
+    not_boot, _ = sae_areal.compute_turn_level_gae(r, v, m, ids, torch.zeros_like(no_eos),
+                                                   1.0, 0.9)
+    valid = m.bool()
+    diff = (got[0] - not_boot).abs()
+    assert (diff[[0, 1, 3]][valid[[0, 1, 3]]] > 0).all()  # every turn of a truncated row
+    assert (diff[[2, 4, 5]] == 0).all()
+
+
+def test_every_token_its_own_turn_is_token_level_gae():
+    """With one turn per loss position the turn recursion is AReaL's token-level one."""
+    r, v, _, m, no_eos = areal_batch(seed=34, holes=True)
+    ids = torch.where(m.bool(), torch.arange(m.shape[1]).expand_as(m), -1)
+    adv, ret = sae_areal.compute_turn_level_gae(r, v, m, ids, no_eos, 0.99, 0.9)
+    tok_adv, tok_ret = sae_areal.compute_token_level_gae(r, v, m, no_eos, 0.99, 0.9)
+    valid = m.bool()
+    torch.testing.assert_close(adv[valid], tok_adv[valid], atol=ATOL, rtol=0)
+    torch.testing.assert_close(ret[valid], tok_ret[valid], atol=ATOL, rtol=0)
+
+
+def test_turn_gae_at_gamma_one_is_sae_with_turn_boundaries():
+    """The docstring's statement: γ = 1, each turn's first position a boundary, λ_inner = 1:
+    the SAE advantage on a turn's first position is the turn's advantage."""
+    r, v, m, ids, no_eos = areal_turn_batch(seed=35, holes=True, id_gaps=True, max_turns=5)
+    adv, _ = sae_areal.compute_turn_level_gae(r, v, m, ids, no_eos, 1.0, 0.8)
+    valid = m.bool()
+    seen = torch.cummax(torch.where(valid, ids, -1), dim=1).values  # largest id up to t
+    before = torch.cat([torch.full_like(seen[:, :1], -1), seen[:, :-1]], dim=1)
+    first = valid & (ids > before)
+    boot = v[:, -1] * no_eos
+    sae_adv, _ = sae_ext.advantages_from_boundaries(r, v, first, m, gamma=1.0, lam=0.8,
+                                                    lam_inner=1.0, bootstrap=boot)
+    assert first.sum() == areal_turn_counts(m, ids).sum()
+    torch.testing.assert_close(sae_adv[first], adv[first], atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_turn_per_sample_lam_equals_areal(device):
+    """AReaL's λ functions in turn mode read each row's number of turns."""
+    dev = device_or_skip(device)
+    r, v, m, ids, no_eos = areal_turn_batch(seed=36, holes=True, id_gaps=True, max_turns=6)
+    m[5] = 0
+    counts = areal_turn_counts(m, ids)
+    assert len(set(counts.tolist())) >= 3
+    assert torch.equal(sae_areal.turn_counts(_on(m, dev), _on(ids, dev)).cpu(), counts)
+    per_turn = (torch.arange(counts.max())[None] < counts[:, None]).float()  # L_b = counts
+    for alpha in (0.3, 1.0):
+        torch.testing.assert_close(
+            sae_areal.vapo_length_adaptive_lam(_on(m, dev), alpha, turn_ids=_on(ids, dev))
+            .cpu().double(), vapo_length_adaptive_loop(per_turn, alpha), atol=1e-6, rtol=0)
+    for q in (0.3, 1.0):
+        torch.testing.assert_close(
+            sae_areal.relative_position_lam(_on(m, dev), q, turn_ids=_on(ids, dev))
+            .cpu().double(), areal_relative_position(per_turn, q), atol=1e-6, rtol=0)
+    for lam in (vapo_length_adaptive_loop(per_turn, 0.3), areal_relative_position(per_turn, 0.3)):
+        assert len(set(lam.tolist())) >= 2
+        got = sae_areal.compute_turn_level_gae(*(_on(x, dev) for x in (r, v, m, ids, no_eos)),
+                                               0.95, _on(lam.float(), dev))
+        _assert_turn_close(got, areal_turn_level_gae(r, v, m, ids, no_eos, 0.95, lam.float()))
+
+
+def test_turn_gae_takes_the_keywords_areals_actor_passes():
+    """PPOActor._compute_advantages (cbff54d) calls it by keyword."""
+    r, v, m, ids, no_eos = areal_turn_batch(seed=37)
+    got = sae_areal.compute_turn_level_gae(rewards=r, values=v, loss_mask=m, turn_ids=ids,
+                                           seq_no_eos_mask=no_eos, discount=1.0,
+                                           gae_lambda=0.95)
+    _assert_turn_close(got, areal_turn_level_gae(r, v, m, ids, no_eos, 1.0, 0.95))
+
+
+def test_turn_bad_inputs_are_named():
+    r, v, m, ids, no_eos = areal_turn_batch(seed=38)
+    call = sae_areal.compute_turn_level_gae
+    with pytest.raises(ValueError, match="`turn_ids` must have the shape"):
+        call(r, v, m, ids[:, 1:], no_eos, 1.0, 0.9)
+    with pytest.raises(ValueError, match="`turn_ids` must have an integer dtype"):
+        call(r, v, m, ids.float(), no_eos, 1.0, 0.9)
+    with pytest.raises(ValueError, match="`values` must have the shape"):
+        call(r, v[:, 1:], m, ids, no_eos, 1.0, 0.9)
+    with pytest.raises(ValueError, match="seq_no_eos_mask"):
+        call(r, v, m, ids, no_eos[1:], 1.0, 0.9)
+    pos = int(torch.nonzero(m[1]).flatten()[0])
+    for value, match in ((-1, ">= 0"), (m.shape[1], "< T="), ):
+        bad = ids.clone()
+        bad[1, pos] = value
+        with pytest.raises(ValueError, match=match):
+            call(r, v, m, bad, no_eos, 1.0, 0.9)
+    bad = ids.clone()
+    last = int(torch.nonzero(m[0]).flatten()[-1])
+    bad[0, last] = 0
+    bad[0, :last][m[0, :last].bool()] = torch.clamp_min(bad[0, :last][m[0, :last].bool()], 1)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        call(r, v, m, bad, no_eos, 1.0, 0.9)
+    # off the mask the ids are not read (AReaL's rule): any value there is fine
+    odd = torch.where(m.bool(), ids, torch.randint(-9, 999, ids.shape))
+    _assert_turn_close(call(r, v, m, odd, no_eos, 1.0, 0.9),
+                       areal_turn_level_gae(r, v, m, ids, no_eos, 1.0, 0.9))
+
+
+@needs_areal_turn
+@pytest.mark.parametrize("case", TURN_CASES, ids=lambda c: "-".join(c) or "plain")
+def test_turn_gae_equals_areals_own_function(case):
+    for seed in range(3):
+        r, v, m, ids, no_eos = areal_turn_batch(seed=40 + seed, **case)
+        lam = 0.9 if seed == 0 else torch.rand(m.shape[0], generator=torch.Generator()
+                                               .manual_seed(seed))
+        ref = areal_turn_gae(r, v, m, ids.int(), no_eos, 0.97, lam)
+        _assert_turn_close(sae_areal.compute_turn_level_gae(r, v, m, ids.int(), no_eos, 0.97,
+                                                            lam), ref)

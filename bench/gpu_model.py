@@ -58,10 +58,8 @@ def bytes_per_token(values: str = "float32", mask: str = "bool", cut: Optional[s
 
 MAX_ROW_WARPS = 8
 SPLIT_WARPS = 8
-CHAIN_THREADS = 128
-TARGET_WARPS_PER_SM = 32
+CHAIN_BATCH = 512  # pass 2: chunk totals per shared-memory batch (kChainBatch)
 SPLIT_MIN_CHUNKS = 16
-CHAIN_BATCH = 16  # pass 2 loads this many chunk totals, then chains them
 
 
 def _pow2_at_least(x: int, cap: int) -> int:
@@ -76,8 +74,9 @@ class Schedule:
     kind: str  # "rows" (a block per row) or "split" (three passes)
     warps: int  # warps per block (rows: per row; split: passes 1 and 3)
     blocks: int
-    chain_blocks: int
-    nchunks: int
+    chain_blocks: int  # split: pass 2's grid, a block per row
+    nchunks: int  # chunks of a row (packed rows: of the mean row)
+    slots: int = 0  # split: workspace chunk slots
 
     def describe(self) -> str:
         if self.kind == "rows":
@@ -85,13 +84,38 @@ class Schedule:
         return "split (3 passes)"
 
 
-def choose_schedule(B: int, T: int, sm_count: int) -> Schedule:
-    n = -(-T // CHUNK)
+def modelled_row_occupancy(regs: int) -> List[int]:
+    """Blocks per SM of the rows kernel at W = 1, 2, 4, 8 on an sm_80 / sm_90 SM (64K
+    registers allocated 8 per thread at a time, 64 warps, 32 blocks): modelled_row_occupancy
+    in csrc/cuda/sae_schedule.h; on a GPU the launcher asks the runtime instead."""
+    r = max(8, -(-regs // 8) * 8)
+    return [max(1, min(65536 // (r * 32 * w), 64 // w, 32)) for w in (1, 2, 4, 8)]
+
+
+def row_warps(B: int, nchunks: int, sm_count: int, occupancy: List[int]) -> int:
+    """The launcher's W (row_warps in sae_schedule.h): W in 1, 2, 4, 8, at most the row's
+    chunks rounded up to a power of two, minimising waves x rounds; ties to fewer waves."""
+    best, best_key = 1, None
+    n = max(nchunks, 1)
+    for i, w in enumerate((1, 2, 4, 8)):
+        if w > _pow2_at_least(n, MAX_ROW_WARPS):
+            break
+        per_wave = max(occupancy[i], 1) * max(sm_count, 1)
+        waves = max(1, -(-B // per_wave))
+        key = (waves * -(-n // w), waves)
+        if best_key is None or key < best_key:
+            best, best_key = w, key
+    return best
+
+
+def choose_schedule(B: int, T: int, sm_count: int, regs: int = 96, packed: bool = False) -> Schedule:
+    """choose_schedule in csrc/cuda/sae_schedule.h, for a rows kernel of `regs` registers per
+    thread. packed: B rows of N = T tokens in all, planned for their mean length."""
+    n = -(-(T // B if packed and B else T) // CHUNK)
     if B < sm_count and n >= SPLIT_MIN_CHUNKS:
-        units = B * n
-        return Schedule("split", SPLIT_WARPS, -(-units // SPLIT_WARPS), -(-B // CHAIN_THREADS), n)
-    want = -(-(sm_count * TARGET_WARPS_PER_SM) // max(B, 1))
-    w = min(_pow2_at_least(want, MAX_ROW_WARPS), _pow2_at_least(max(n, 1), MAX_ROW_WARPS))
+        slots = -(-T // CHUNK) + B if packed else B * n
+        return Schedule("split", SPLIT_WARPS, -(-slots // SPLIT_WARPS), B, n, slots)
+    w = row_warps(B, n, sm_count, modelled_row_occupancy(regs))
     return Schedule("rows", w, B, 0, n)
 
 
@@ -155,22 +179,24 @@ class Assumptions:
     host_launch: float = 2.5e-6  # per kernel launch on the host (3-5 us is common in eager code)
     regs: Optional[int] = None  # registers per thread of every scan kernel; None: REGS_SM90
     chain_step_cycles: int = 8  # carry = a * c + b without FMA: dependent FMUL then FADD
+    chain_batch_sync_cycles: int = 200  # pass 2: two __syncthreads and the staging per batch
     round_sync_cycles: int = 120  # RowPerBlock: two __syncthreads and the leader's W-step chain
     l2_reuse_full: float = 0.5  # pass 3 re-reads from L2 when the inputs fit in this share of it
-    chain_batch: int = CHAIN_BATCH  # pass 2 waits one L2 round trip per this many chunks
-    reverse_replay: bool = False  # pass 3 walks the chunks in pass 1's reverse order (L2 reuse)
     l2_usable: float = 0.7  # share of the L2 that still holds pass 1's latest inputs at pass 3
-    best_warps: bool = False  # row per block: the W in 1, 2, 4, 8 the model finds fastest
+    # Alternatives to what is built (the defaults are the kernels as built):
+    thread_chain: bool = False  # pass 2 one thread per row, 16 totals per L2 round trip (before)
+    forward_replay: bool = False  # pass 3 in pass 1's order (before)
+    warps_rule: str = "occupancy"  # rows W: "occupancy" (built), "pow2" (before), "fastest" (model's best)
 
 
 # Registers per thread of the forward kernels (bool mask, log-probs of the values' dtype), as
 # `cuobjdump -res-usage` reads them in sm_90 code compiled from the kernels' sources (branch
-# h-cuda at 3fa6556, nvcc 13.0, -O3 -fmad=false; scripts/check_cuda_binary.py prints them
+# h-cuda2 at 50bf27e, nvcc 13.0, -O3 -fmad=false; scripts/check_cuda_binary.py prints them
 # for any build).
 REGS_SM90 = {
-    "float32": dict(rows=93, pass1=78, pass3=93),
-    "bfloat16": dict(rows=72, pass1=64, pass3=90),
-    "float16": dict(rows=80, pass1=70, pass3=96),
+    "float32": dict(rows=102, pass1=86, pass3=96),
+    "bfloat16": dict(rows=80, pass1=72, pass3=95),
+    "float16": dict(rows=92, pass1=76, pass3=96),
 }
 
 
@@ -210,29 +236,49 @@ def _stream_time(dev: Device, a: Assumptions, blocks: int, warps_per_block: int,
     return t, nbytes / t if t else 0.0, limiter
 
 
+def _pow2_warps(B: int, nchunks: int, sm_count: int) -> int:
+    """The W rule before the occupancy one: B x W >= 32 warps per SM, a power of two."""
+    want = -(-(sm_count * 32) // max(B, 1))
+    return min(_pow2_at_least(want, MAX_ROW_WARPS), _pow2_at_least(max(nchunks, 1), MAX_ROW_WARPS))
+
+
 def model(B: int, T: int, dev: Device, values: str = "float32", mask: str = "bool",
-          cut: Optional[str] = None, direction: str = "forward", a: Optional[Assumptions] = None) -> Dict:
-    """Modelled time of one call (in a loop of calls, so host and device overlap)."""
+          cut: Optional[str] = None, direction: str = "forward", a: Optional[Assumptions] = None,
+          packed: bool = False, critic: bool = False) -> Dict:
+    """Modelled time of one call (in a loop of calls, so host and device overlap).
+    packed: the B rows of T tokens come packed (cu_seqlens), B x T tokens in all, all of one
+    length (the model's best case: the launcher plans for the mean length and knows no
+    other). critic: with a critic chain (forward only): a second set of chunk totals and
+    carries in the split workspace; the kernels take the generic loaders (REGS_SM90's
+    `critic` row, where read)."""
     a = a or Assumptions()
+    if critic and direction != "forward":
+        raise ValueError("model: a critic chain is forward only")
     rd, wr = bytes_per_token(values, mask, cut, direction)
     tokens = B * T
     useful = tokens * (rd + wr)
-    sc = choose_schedule(B, T, dev.sms)
+    kinds = REGS_SM90.get("critic" if critic else values, REGS_SM90["float32"])
+    regs = (lambda k: a.regs if a.regs is not None else kinds[k])
+    sc = choose_schedule(B, tokens if packed else T, dev.sms, regs("rows"), packed)
+    acc = 8 if "float64" in (values, cut or values) else 4  # the workspace's element
+    maps = 2 if critic else 1  # sets of chunk totals and carries
     inflight = CHUNK * rd  # a warp's next chunk of inputs is in flight while it scans the current
     parts: Dict[str, float] = {}
     if sc.kind == "rows":
-        regs = regs_for(values, "rows", a)
-
         def rows_time(w):
-            t, _, lim = _stream_time(dev, a, sc.blocks, w, useful, inflight, regs)
-            bps, _ = _resident_warps(dev, w, a, regs)
+            t, _, lim = _stream_time(dev, a, sc.blocks, w, useful, inflight, regs("rows"))
+            bps, _ = _resident_warps(dev, w, a, regs("rows"))
             # with one block per SM nobody hides its barriers and its leader's chain
             exposed = 1.0 if min(bps, -(-sc.blocks // dev.sms)) == 1 else 0.0
             return t + exposed * -(-sc.nchunks // w) * a.round_sync_cycles / dev.clock, lim, t
 
-        if a.best_warps:  # what a rule that knows the occupancy would pick
+        if a.warps_rule == "pow2":
+            sc.warps = _pow2_warps(B, sc.nchunks, dev.sms)
+        elif a.warps_rule == "fastest":
             sc.warps = min((w for w in (1, 2, 4, 8) if w <= _pow2_at_least(sc.nchunks, MAX_ROW_WARPS)),
                            key=lambda w: rows_time(w)[0])
+        elif a.warps_rule != "occupancy":
+            raise ValueError(f"model: unknown warps_rule {a.warps_rule!r}")
         parts["scan"], limiter, t = rows_time(sc.warps)
         parts["fixed"] = a.kernel_fixed
         if a.kernel_fixed >= 0.1 * (t + a.kernel_fixed):
@@ -240,17 +286,23 @@ def model(B: int, T: int, dev: Device, values: str = "float32", mask: str = "boo
         launches = 1
     else:
         inputs = tokens * rd
-        if a.reverse_replay:  # the chunks pass 1 read last are the ones still in the L2
-            l2_hit = min(1.0, a.l2_usable * dev.l2 / inputs) if inputs else 1.0
-        else:  # same order: a cyclic walk over more than the L2 finds nothing left of it
+        if a.forward_replay:  # same order: a cyclic walk over more than the L2 finds nothing left of it
             l2_hit = min(1.0, max(0.0, (dev.l2 - inputs) / (dev.l2 * (1 - a.l2_reuse_full))))
-        p1, _, lim1 = _stream_time(dev, a, sc.blocks, sc.warps, inputs + B * sc.nchunks * 8, inflight,
-                                   regs_for(values, "pass1", a))
+        else:  # reverse order: the chunks pass 1 read last are the ones still in the L2
+            l2_hit = min(1.0, a.l2_usable * dev.l2 / inputs) if inputs else 1.0
+        p1, _, lim1 = _stream_time(dev, a, sc.blocks, sc.warps, inputs + sc.slots * 2 * maps * acc, inflight,
+                                   regs("pass1"))
         p3, _, lim3 = _stream_time(dev, a, sc.blocks, sc.warps,
-                                   inputs * (1 - l2_hit) + tokens * wr + B * sc.nchunks * 4, inflight,
-                                   regs_for(values, "pass3", a))
-        chain = (sc.nchunks * a.chain_step_cycles / dev.clock
-                 + -(-sc.nchunks // a.chain_batch) * a.l2_latency)
+                                   inputs * (1 - l2_hit) + tokens * wr + sc.slots * maps * acc, inflight,
+                                   regs("pass3"))
+        steps = sc.nchunks * a.chain_step_cycles / dev.clock
+        if a.thread_chain:  # one thread per row waits one L2 round trip per 16 totals
+            chain = steps + -(-sc.nchunks // 16) * a.l2_latency
+        else:  # one L2 round trip for the first batch; later batches' loads fly during the chain
+            batches = -(-sc.nchunks // CHAIN_BATCH)
+            batch_steps = min(sc.nchunks, CHAIN_BATCH) * a.chain_step_cycles / dev.clock
+            chain = (steps + batches * a.chain_batch_sync_cycles / dev.clock + a.l2_latency
+                     + (batches - 1) * max(0.0, a.l2_latency - batch_steps))
         parts.update(pass1=p1, pass2=chain, pass3=p3, fixed=3 * a.kernel_fixed)
         total = sum(parts.values())
         why = []
@@ -270,7 +322,8 @@ def model(B: int, T: int, dev: Device, values: str = "float32", mask: str = "boo
     if host > device:
         limiter = "host: dispatch and launches"
     return dict(B=B, T=T, device=dev.name, values=values, mask=mask, direction=direction,
-                schedule=sc.describe(), blocks=sc.blocks, warps=sc.warps, bytes_per_token=rd + wr,
+                packed=packed, critic=critic, schedule=sc.describe(), blocks=sc.blocks, warps=sc.warps,
+                bytes_per_token=rd + wr, workspace_bytes=sc.slots * 3 * maps * acc,
                 device_s=device, host_s=host, time_s=t, parts=parts, gbps=useful / t / 1e9,
                 share=useful / t / dev.hbm, limiter=limiter)
 
@@ -292,12 +345,30 @@ def rows(devices=("H100 SXM", "H200"), dtypes=("float32", "bfloat16"), a: Option
     return [model(B, T, DEVICES[d], values=v, a=a) for d in devices for (B, T) in SHAPES for v in dtypes]
 
 
-def table(rs: List[Dict], markdown: bool = False) -> str:
+VARIANT_SHAPES = [(256, 8192), (32, 131072), (1, 131072)]
+
+
+def variant_rows(devices=("H200",), a: Optional[Assumptions] = None) -> List[Dict]:
+    """float32 rows packed (cu_seqlens) and with a critic chain, next to the padded ones."""
+    return [model(B, T, DEVICES[d], a=a, packed=p, critic=c) for d in devices for (B, T) in VARIANT_SHAPES
+            for p, c in ((False, False), (True, False), (False, True))]
+
+
+def table(rs: List[Dict], markdown: bool = False, variants: bool = False) -> str:
     hdr = ["device", "B x T", "inputs", "schedule", "B/token", "modelled us", "GB/s", "share of peak",
            "target", "limited by"]
-    body = [[r["device"], f"{r['B']} x {r['T']}", r["values"], r["schedule"], str(r["bytes_per_token"]),
-             f"{r['time_s'] * 1e6:.1f}", f"{r['gbps']:.0f}", f"{r['share']:.0%}", target(r["B"], r["T"]),
-             r["limiter"]] for r in rs]
+    if variants:
+        hdr[2:3] = ["inputs", "layout", "split workspace"]
+    body = []
+    for r in rs:
+        row = [r["device"], f"{r['B']} x {r['T']}", r["values"], r["schedule"], str(r["bytes_per_token"]),
+               f"{r['time_s'] * 1e6:.1f}", f"{r['gbps']:.0f}", f"{r['share']:.0%}", target(r["B"], r["T"]),
+               r["limiter"]]
+        if variants:
+            layout = ", ".join(x for x, on in (("packed", r["packed"]), ("critic chain", r["critic"])) if on)
+            ws = f"{r['workspace_bytes'] / 2**20:.1f} MiB" if r["workspace_bytes"] else "-"
+            row[3:3] = [layout or "padded", ws]
+        body.append(row)
     if markdown:
         return "\n".join(["| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
                          + ["| " + " | ".join(c) + " |" for c in body])
@@ -310,16 +381,22 @@ def main() -> None:
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--regs", type=int, default=None,
                     help="registers per thread of every scan kernel (default: REGS_SM90, per kernel)")
-    ap.add_argument("--chain-batch", type=int, default=CHAIN_BATCH,
-                    help="chunks per L2 round trip in pass 2 (the launcher's is 16)")
-    ap.add_argument("--reverse-replay", action="store_true",
-                    help="pass 3 replays the chunks in pass 1's reverse order (not what the launcher does)")
-    ap.add_argument("--best-warps", action="store_true",
-                    help="row per block: the warps per block the model finds fastest (not the launcher's rule)")
+    ap.add_argument("--thread-chain", action="store_true",
+                    help="alternative: pass 2 one thread per row, 16 totals per L2 round trip (the kernels before)")
+    ap.add_argument("--forward-replay", action="store_true",
+                    help="alternative: pass 3 replays in pass 1's order (the kernels before)")
+    ap.add_argument("--warps-rule", choices=("occupancy", "pow2", "fastest"), default="occupancy",
+                    help="rows W: occupancy (built: waves x rounds), pow2 (before: B x W >= 32 warps/SM), "
+                         "fastest (the W this model finds fastest)")
+    ap.add_argument("--variants", action="store_true",
+                    help="also model packed rows and a critic chain (a second table)")
     args = ap.parse_args()
-    a = Assumptions(regs=args.regs, chain_batch=args.chain_batch, reverse_replay=args.reverse_replay,
-                    best_warps=args.best_warps)
+    a = Assumptions(regs=args.regs, thread_chain=args.thread_chain, forward_replay=args.forward_replay,
+                    warps_rule=args.warps_rule)
     print(table(rows(a=a), markdown=args.markdown))
+    if args.variants:
+        print()
+        print(table(variant_rows(a=a), markdown=args.markdown, variants=True))
 
 
 if __name__ == "__main__":

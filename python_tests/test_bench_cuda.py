@@ -49,19 +49,37 @@ def test_the_benchmark_counts_the_bytes_the_model_counts(dtype):
     assert (nb["read"], nb["written"]) == (rd * 1200, wr * 1200)
 
 
-@pytest.mark.parametrize("B,T,kind,warps", [
-    (256, 8192, "rows", 8), (512, 16384, "rows", 8), (4096, 1024, "rows", 2), (300_000, 9, "rows", 1),
-    (1, 3840, "rows", 8),  # 15 chunks: too short to split
-    (131, 4096, "split", 8), (132, 4096, "rows", 8),  # fewer rows than SMs, 16 chunks: split
-    (32, 131072, "split", 8), (8, 131072, "split", 8), (1, 131072, "split", 8),
+@pytest.mark.parametrize("B,T,regs,kind,warps", [
+    # 96 registers (the float32 rows kernel): 21, 10, 5, 2 blocks per SM at W = 1, 2, 4, 8
+    (256, 8192, 96, "rows", 8),    # one wave at any W: fewest rounds
+    (512, 16384, 96, "rows", 4),   # W = 8: 2 waves x 8 rounds, W = 4: 1 x 16; a tie goes to fewer waves
+    (512, 16384, 72, "rows", 4),   # 72 (bfloat16): 3 blocks of 8 per SM, 396 rows a wave
+    (4096, 1024, 96, "rows", 4),   # W = 1: 2 waves x 4 rounds, W = 4: 7 x 1
+    (300_000, 9, 96, "rows", 1),   # one chunk
+    (1, 3840, 96, "rows", 8),      # 15 chunks: too short to split
+    (131, 4096, 96, "split", 8), (132, 4096, 96, "rows", 8),  # fewer rows than SMs, 16 chunks: split
+    (32, 131072, 96, "split", 8), (8, 131072, 96, "split", 8), (1, 131072, 96, "split", 8),
 ])
-def test_schedule_rule(B, T, kind, warps):
-    sc = gpu_model.choose_schedule(B, T, 132)
+def test_schedule_rule(B, T, regs, kind, warps):
+    """The same cases as tests/cpp's row_warps case, which runs sae_schedule.h's rule."""
+    sc = gpu_model.choose_schedule(B, T, 132, regs)
     assert (sc.kind, sc.warps) == (kind, warps)
     if kind == "split":
-        assert sc.blocks == -(-B * sc.nchunks // 8) and sc.chain_blocks == -(-B // 128)
+        assert sc.blocks == -(-B * sc.nchunks // 8) and sc.chain_blocks == B  # pass 2: a block per row
     else:
         assert sc.blocks == B
+
+
+def test_packed_rows_are_planned_for_their_mean_length():
+    sc = gpu_model.choose_schedule(32, 32 * 131072, 132, packed=True)
+    assert (sc.kind, sc.nchunks, sc.slots) == ("split", 512, 32 * 512 + 32)
+    assert gpu_model.choose_schedule(512, 512 * 16384, 132, 72, packed=True).warps == 4
+
+
+def test_modelled_occupancy():
+    assert gpu_model.modelled_row_occupancy(93) == [21, 10, 5, 2]
+    assert gpu_model.modelled_row_occupancy(72) == [28, 14, 7, 3]
+    assert gpu_model.modelled_row_occupancy(16) == [32, 32, 16, 8]  # warps and blocks bound it
 
 
 @pytest.mark.parametrize("name,tbps", [
@@ -115,17 +133,22 @@ def test_the_model_never_beats_its_own_ceiling_and_charges_the_split_its_second_
                 assert 0 < m["share"] <= a.eta + 1e-12, (dev.name, B, T, v)
                 assert m["time_s"] >= m["host_s"] and m["time_s"] >= m["device_s"]
     h200 = gpu_model.DEVICES["H200"]
-    # 64 x 131072 float32 (109 MB of inputs) is far from fitting the L2: the split reads
-    # its inputs twice from HBM
+    # 64 x 131072 float32 (109 MB of inputs) is far from fitting the L2: the split reads its
+    # inputs twice, the second time from HBM for all but what the L2 can still hold
     m = gpu_model.model(64, 131072, h200)
     rd, wr = gpu_model.bytes_per_token()
+    inputs = 64 * 131072 * rd
     assert m["schedule"].startswith("split")
-    assert m["parts"]["pass1"] + m["parts"]["pass3"] >= 64 * 131072 * (2 * rd + wr) / (a.eta * h200.hbm) * 0.999
+    hbm = inputs + 64 * 131072 * wr + inputs - a.l2_usable * h200.l2
+    assert m["parts"]["pass1"] + m["parts"]["pass3"] >= hbm / (a.eta * h200.hbm) * 0.999
     # a tiny call is the host's: dispatch and one launch
     assert gpu_model.model(1, 8, h200)["limiter"].startswith("host")
-    # replaying in reverse order can only help
-    rev = gpu_model.model(64, 131072, h200, a=gpu_model.Assumptions(reverse_replay=True))
-    assert rev["time_s"] < m["time_s"]
+    # what is built against the alternatives it replaced: each can only help
+    for before in (dict(forward_replay=True), dict(thread_chain=True)):
+        assert gpu_model.model(64, 131072, h200, a=gpu_model.Assumptions(**before))["time_s"] > m["time_s"]
+    # the critic chain's second set of totals and carries doubles the split workspace
+    crit = gpu_model.model(32, 131072, h200, critic=True)
+    assert crit["workspace_bytes"] == 2 * gpu_model.model(32, 131072, h200)["workspace_bytes"] == 2 * 3 * 4 * 32 * 512
 
 
 def test_the_model_table_prints_every_shape():

@@ -28,8 +28,9 @@ struct CudaScan {
   template <bool Adjoint>
   static void scan(const Prepared& pr, const Tensor& like) {
     const OnDevice on(like);
-    const Schedule sc = choose_schedule(pr.args.B, pr.args.T,
-                                        cuda::device_sm_count(like.get_device_index()),
+    const int device = like.get_device_index();
+    const Schedule sc = choose_schedule(pr.args.B, pr.args.T, cuda::device_sm_count(device),
+                                        cuda::row_occupancy<Adjoint>(pr.args, pr.use_double, device),
                                         pr.args.cu.ptr != nullptr);
     const size_t bytes = scan_workspace_bytes(sc, pr.use_double, pr.args.critic);
     // Held until the launch is queued; the caching allocator keeps it for this stream's work.

@@ -6,15 +6,16 @@
 
 #include <cuda_runtime.h>
 
+#include <atomic>
+
 #include "sae_boundaries.h"
 #include "sae_schedule.h"
 
 namespace sae {
 namespace cuda {
 
-// 4 blocks of 256 threads per SM: 32 warps (kTargetWarpsPerSm), so at most 64 registers.
-// (Without the minimum, ptxas picks 64 registers anyway for some loaders and spills
-// predicates to the stack; with it, it plans for 64 and spills nothing.)
+// 2 blocks of 256 threads per SM, so at most 128 registers per thread. (Without the minimum,
+// ptxas was seen to pick 64 registers for some loaders and spill predicates to the stack.)
 constexpr int kMinBlocksPerSm = 2;
 
 struct DeviceWarp {
@@ -62,9 +63,10 @@ __global__ void __launch_bounds__(kSplitWarps * kWarpSize, kMinBlocksPerSm)
 
 template <typename acc_t, bool Adjoint, bool Critic>
 __global__ void __launch_bounds__(kChainThreads) chain_kernel(const ScanArgs s, void* ws) {
-  for (int64_t row = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; row < s.B;
-       row += int64_t(gridDim.x) * blockDim.x)
-    split_chain_row<acc_t, Adjoint, Critic>(s, ws, row);
+  __shared__ alignas(16) unsigned char smem[chain_shared_bytes<acc_t, Critic>()];
+  DeviceWarp warp;
+  DeviceBlock blk{smem};
+  split_chain_rows<acc_t, Adjoint, Critic>(warp, blk, s, ws);
 }
 
 // 2-D grid: x over a row's runs of 8 tokens, y over rows (grid-stride both ways), so no
@@ -78,6 +80,50 @@ __global__ void __launch_bounds__(256) boundaries_kernel(const CutSource cut, co
     for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < runs;
          i += int64_t(gridDim.x) * blockDim.x)
       boundaries_run<L>(cut, mask, p, vec, T, row, i * kPerLane, out);
+}
+
+// rows_kernel<L, ...>'s blocks per SM at W = 1, 2, 4, 8 warps (row_warps), from the runtime
+// (a host query of the compiled kernel's resources: no sync, no launch), asked once per
+// device and kernel and kept.
+template <class L, bool Adjoint, bool Critic>
+RowOccupancy rows_kernel_occupancy(int device) {
+  constexpr int kCachedDevices = 64;
+  static std::atomic<int> cached[kCachedDevices][4];  // 0: not asked yet
+  const bool cacheable = device >= 0 && device < kCachedDevices;
+  RowOccupancy occ{};
+  for (int i = 0; i < 4; ++i) {
+    int n = cacheable ? cached[device][i].load(std::memory_order_relaxed) : 0;
+    if (n <= 0) {
+      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, rows_kernel<L, Adjoint, Critic>,
+                                                        (1 << i) * kWarpSize, 0) != cudaSuccess ||
+          n <= 0) {
+        (void)cudaGetLastError();  // not the launch's error: W only needs a guess then
+        n = modelled_row_occupancy(128).blocks_per_sm[i];
+      } else if (cacheable) {
+        cached[device][i].store(n, std::memory_order_relaxed);
+      }
+    }
+    occ.blocks_per_sm[i] = n;
+  }
+  return occ;
+}
+
+// The occupancy of the rows kernel that launch_scan would launch for s.
+template <bool Adjoint>
+RowOccupancy row_occupancy(const ScanArgs& s, bool use_double, int device) {
+  RowOccupancy occ{};
+  if constexpr (!Adjoint) {
+    if (s.critic) {
+      with_critic_loader(use_double, [&](auto loader) {
+        occ = rows_kernel_occupancy<decltype(loader), false, true>(device);
+      });
+      return occ;
+    }
+  }
+  with_loader<Adjoint>(s, use_double, false, [&](auto loader) {
+    occ = rows_kernel_occupancy<decltype(loader), Adjoint, false>(device);
+  });
+  return occ;
 }
 
 inline int device_sm_count(int device) {

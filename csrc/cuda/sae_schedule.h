@@ -14,9 +14,11 @@
 //     one chunk (whose loads were issued during the previous round), writes its total to
 //     shared memory; one thread chains the round's carries; each warp replays its chunk.
 //   SplitRow (few long rows; no block ever waits on another): pass 1 writes every chunk's
-//     total to a workspace, pass 2 chains each row's carries (one thread per row), pass 3
-//     replays every chunk from its carry in. Its price: the inputs are read twice, three
-//     launches, and pass 2's serial chain of nchunks steps per row.
+//     total to a workspace; pass 2 (a block per row) reads a row's totals into shared
+//     memory in one coalesced read, 512 at a time, and one thread chains them there; pass 3
+//     replays every chunk from its carry in, visiting the chunks in the reverse of pass 1's
+//     order. Its price: the inputs are read twice (the second time partly from the L2),
+//     three launches, and pass 2's serial chain of nchunks dependent steps per row.
 #pragma once
 
 #include <algorithm>
@@ -28,8 +30,13 @@ namespace sae {
 
 constexpr int kMaxRowWarps = 8;      // RowPerBlock: warps per block at most (256 threads)
 constexpr int kSplitWarps = 8;       // SplitRow passes 1 and 3: warps per block
-constexpr int kChainThreads = 128;   // SplitRow pass 2: threads (rows) per block
-constexpr int kTargetWarpsPerSm = 32;
+constexpr int kChainWarps = 4;       // SplitRow pass 2: warps of a row's block
+constexpr int kChainThreads = kChainWarps * kWarpSize;
+// SplitRow pass 2: chunk totals per shared-memory batch; 512 chunks are a 131072-token row,
+// whose totals then take one L2 round trip in all.
+constexpr int kChainBatch = 512;
+constexpr int kChainPerThread = kChainBatch / kChainThreads;
+static_assert(kChainBatch % kChainThreads == 0, "a chain batch is whole loads of every thread");
 constexpr int64_t kSplitMinChunks = 16;  // rows of >= 4096 tokens may be split
 constexpr int64_t kMaxGrid = 0x7fffffff;
 // RowPerBlock's shared memory: per warp a chunk total and a carry in, for the scan and for
@@ -42,7 +49,7 @@ struct Schedule {
   ScheduleKind kind;
   int warps;             // warps per block (RowPerBlock: W; SplitRow: passes 1 and 3)
   int64_t blocks;        // grid of the scan kernel (RowPerBlock) or of passes 1 and 3
-  int64_t chain_blocks;  // SplitRow: grid of pass 2
+  int64_t chain_blocks;  // SplitRow: grid of pass 2 (a block per row)
   int64_t nchunks;       // chunks of a padded row (packed rows: of all N tokens)
   int64_t slots;         // SplitRow: chunk slots of the workspace (chunk_slot)
 };
@@ -87,22 +94,61 @@ inline Schedule row_schedule(int64_t B, int64_t T, int warps) {
 inline Schedule split_schedule(int64_t B, int64_t T, bool packed = false) {
   const int64_t n = num_chunks(T), units = num_slots(B, T, packed);
   return Schedule{ScheduleKind::SplitRow, kSplitWarps,
-                  std::min((units + kSplitWarps - 1) / kSplitWarps, kMaxGrid),
-                  std::min((B + kChainThreads - 1) / kChainThreads, kMaxGrid), n, units};
+                  std::min((units + kSplitWarps - 1) / kSplitWarps, kMaxGrid), std::min(B, kMaxGrid),
+                  n, units};
 }
 
-// The host's choice, from the shape and the device's SM count only (never affects bits).
-// Rows are split only when there are fewer rows than SMs (so whole rows cannot even give
-// every SM one block) and they are long enough (>= 16 chunks) for three launches and a
-// second read of the inputs to pay. Otherwise a block per row, with enough warps per row
-// (power of two, at most 8, at most the row's chunks) that B * W reaches about 32 warps per
-// SM. Packed rows (T = N tokens in all) are judged by their mean length.
-inline Schedule choose_schedule(int64_t B, int64_t T, int sm_count, bool packed = false) {
+// RowPerBlock: blocks of the rows kernel resident per SM with W = 1, 2, 4, 8 warps per block
+// (index log2 W). The CUDA launcher asks the runtime for the kernel it launches
+// (cudaOccupancyMaxActiveBlocksPerMultiprocessor); the emulator, which has no kernel, uses
+// modelled_row_occupancy. It only picks W, which never changes a bit.
+struct RowOccupancy {
+  int blocks_per_sm[4];
+};
+
+// What `regs` registers per thread allow on an sm_80 / sm_90 SM: 64K registers (allocated 8
+// per thread at a time), 64 warps, 32 blocks.
+inline RowOccupancy modelled_row_occupancy(int regs) {
+  const int r = std::max(8, (regs + 7) / 8 * 8);
+  RowOccupancy o{};
+  for (int i = 0; i < 4; ++i) {
+    const int w = 1 << i;
+    o.blocks_per_sm[i] = std::max(1, std::min({65536 / (r * 32 * w), 64 / w, 32}));
+  }
+  return o;
+}
+
+// W in 1, 2, 4, 8 (at most the row's chunks rounded up to a power of two) minimising
+// waves x rounds: a wave is as many rows as the SMs hold blocks at that W, a round is W
+// chunks of a row. Ties go to fewer waves, whose last wave leaves fewer SMs short of warps.
+// The chain of a row is one thread's, in chunk order, whatever W: bits never depend on it.
+inline int row_warps(int64_t B, int64_t nchunks, int sm_count, const RowOccupancy& occ) {
+  const int wmax = pow2_at_least(std::max<int64_t>(nchunks, 1), kMaxRowWarps);
+  int best = 1;
+  int64_t best_cost = -1, best_waves = 0;
+  for (int i = 0, w = 1; w <= wmax; ++i, w <<= 1) {
+    const int64_t per_wave = int64_t(std::max(occ.blocks_per_sm[i], 1)) * std::max(sm_count, 1);
+    const int64_t waves = std::max<int64_t>(1, (B + per_wave - 1) / per_wave);
+    const int64_t cost = waves * ((std::max<int64_t>(nchunks, 1) + w - 1) / w);
+    if (best_cost < 0 || cost < best_cost || (cost == best_cost && waves < best_waves)) {
+      best = w;
+      best_cost = cost;
+      best_waves = waves;
+    }
+  }
+  return best;
+}
+
+// The host's choice, from the shape, the device's SM count and the rows kernel's occupancy
+// only (never affects bits). Rows are split only when there are fewer rows than SMs (so
+// whole rows cannot even give every SM one block) and they are long enough (>= 16 chunks)
+// for three launches and a second read of the inputs to pay. Otherwise a block per row of
+// row_warps() warps. Packed rows (T = N tokens in all) are judged by their mean length.
+inline Schedule choose_schedule(int64_t B, int64_t T, int sm_count, const RowOccupancy& occ,
+                                bool packed = false) {
   const int64_t n = planned_row_chunks(B, T, packed);
   if (B < sm_count && n >= kSplitMinChunks) return split_schedule(B, T, packed);
-  const int64_t want = (int64_t(sm_count) * kTargetWarpsPerSm + B - 1) / std::max<int64_t>(B, 1);
-  return row_schedule(B, T, std::min(pow2_at_least(want, kMaxRowWarps),
-                                     pow2_at_least(std::max<int64_t>(n, 1), kMaxRowWarps)));
+  return row_schedule(B, T, row_warps(B, n, sm_count, occ));
 }
 
 // Bytes of device workspace the schedule needs (SplitRow: per chunk slot its total map and
@@ -273,7 +319,10 @@ SAE_HD void split_chunk(Warp& warp, const ScanArgs& s, const RowInfo<typename L:
 }
 
 // SplitRow pass 1 (Replay = false) and pass 3 (Replay = true): one warp per chunk,
-// grid-stride over the batch's chunk slots.
+// grid-stride over the batch's chunk slots. Warp v of the grid-stride order visits slot v in
+// pass 1 and slot slots - 1 - v in pass 3: blocks start roughly in index order, so pass 3
+// begins with the chunks pass 1 read last, the likeliest to be still in the L2. Every chunk
+// replays from its own carry in, so the order changes no bit.
 template <class L, bool Adjoint, bool Replay, bool Critic, class Warp, class Block>
 SAE_HD void split_chunks(Warp& warp, Block& blk, const ScanArgs& s, const VecFlags& vec, void* ws) {
   using acc_t = typename L::acc;
@@ -284,7 +333,8 @@ SAE_HD void split_chunks(Warp& warp, Block& blk, const ScanArgs& s, const VecFla
   const int64_t stride = blk.num_blocks() * blk.num_warps();
   if (u0 >= slots) return;
   if (packed) {  // every lane finds the same row: the warp stays converged
-    for (int64_t u = u0; u < slots; u += stride) {
+    for (int64_t v = u0; v < slots; v += stride) {
+      const int64_t u = Replay ? slots - 1 - v : v;
       const int64_t row = slot_row(s, u);
       if (row < 0) continue;
       const RowInfo<acc_t> ri = row_info<acc_t>(s, vec, row);
@@ -294,52 +344,120 @@ SAE_HD void split_chunks(Warp& warp, Block& blk, const ScanArgs& s, const VecFla
     }
     return;
   }
-  // Padded rows: u = row * nchunks + chunk; (row, chunk) advance by the stride's quotient
-  // and remainder so the loop has no 64-bit division.
+  // Padded rows: u = row * nchunks + chunk; (row, chunk) step by the stride's quotient and
+  // remainder (forwards in pass 1, backwards in pass 3) so the loop has no 64-bit division.
   const int64_t nchunks = num_chunks(s.T);
   const int64_t dq = stride / nchunks, dr = stride - dq * nchunks;
-  int64_t row = u0 / nchunks, chunk = u0 - row * nchunks;
-  for (; row < s.B; row += dq, chunk += dr) {
-    if (chunk >= nchunks) {
-      chunk -= nchunks;
-      ++row;
-      if (row >= s.B) break;
-    }
+  const int64_t first = Replay ? slots - 1 - u0 : u0;
+  int64_t row = first / nchunks, chunk = first - row * nchunks;
+  for (int64_t v = u0; v < slots; v += stride) {
     const RowInfo<acc_t> ri = row_info<acc_t>(s, vec, row);
     split_chunk<L, Adjoint, Replay, Critic>(warp, s, ri, sw, row, chunk, row * nchunks + chunk);
-  }
-}
-
-// SplitRow pass 2: row `row`'s carries, chained in processing order exactly as the
-// RowPerBlock leader chains them. Loads go out kBatch at a time ahead of the chain.
-template <typename acc_t, bool Adjoint, bool Critic>
-SAE_HD void split_chain_row(const ScanArgs& s, void* ws, int64_t row) {
-  constexpr int kBatch = Critic ? 8 : 16;
-  const RowSpan sp = row_span(s, row);
-  const int64_t nchunks = num_chunks(sp.len), u0 = first_slot(s, row, sp);
-  const SplitWorkspace<acc_t> sw(ws, num_slots(s.B, s.T, s.cu.ptr != nullptr));
-  const acc_t init = initial_carry<acc_t, Adjoint>(s, row);
-  Carry<acc_t> carry{init, init};
-  for (int64_t base = 0; base < nchunks; base += kBatch) {
-    Affine<acc_t> f[kBatch], g[kBatch];
-    SAE_UNROLL
-    for (int i = 0; i < kBatch; ++i) {
-      const int64_t u = u0 + chunk_at<Adjoint>(nchunks, base + i);
-      const bool in = base + i < nchunks;
-      f[i] = in ? Affine<acc_t>{sw.ta[u], sw.tb[u]} : identity_map<acc_t>();
-      g[i] = in && Critic ? Affine<acc_t>{sw.cta[u], sw.ctb[u]} : identity_map<acc_t>();
-    }
-    SAE_UNROLL
-    for (int i = 0; i < kBatch; ++i) {
-      if (base + i < nchunks) {
-        const int64_t u = u0 + chunk_at<Adjoint>(nchunks, base + i);
-        sw.cin[u] = carry.s;
-        if (Critic) sw.ccin[u] = carry.c;
-        carry = carry_out<Critic>(f[i], g[i], carry);
+    if (Replay) {
+      row -= dq;
+      chunk -= dr;
+      if (chunk < 0) {
+        chunk += nchunks;
+        --row;
+      }
+    } else {
+      row += dq;
+      chunk += dr;
+      if (chunk >= nchunks) {
+        chunk -= nchunks;
+        ++row;
       }
     }
   }
-  finish_row<acc_t, Adjoint>(s, row, carry.s);
+}
+
+// SplitRow pass 2's shared memory: a batch of chunk totals (a, b) and the carries in the
+// chain writes for them, twice with a critic chain.
+template <typename acc_t, bool Critic>
+constexpr size_t chain_shared_bytes() {
+  return size_t(kChainBatch) * (Critic ? 6 : 3) * sizeof(acc_t);
+}
+constexpr size_t kChainSharedBytesMax = chain_shared_bytes<double, true>();
+
+// SplitRow pass 2: a block of kChainThreads threads per row (grid-stride over rows); every
+// thread must call it (it synchronises the block). The block reads a batch of the row's
+// totals into shared memory, each thread kChainPerThread of them, adjacent threads adjacent
+// slots (one coalesced read per batch); one thread chains the batch in processing order
+// exactly as the RowPerBlock leader does, writing the carries in to shared memory; the block
+// then stores them, coalesced. The next batch's loads are issued before the chain of the
+// current one, so a row of any length waits for one L2 round trip, not one per batch.
+template <typename acc_t, bool Adjoint, bool Critic, class Warp, class Block>
+SAE_HD void split_chain_rows(Warp& warp, Block& blk, const ScanArgs& s, void* ws) {
+  const int tid = blk.warp_index() * kWarpSize + warp.lane();
+  const SplitWorkspace<acc_t> sw(ws, num_slots(s.B, s.T, s.cu.ptr != nullptr));
+  acc_t* const ta = static_cast<acc_t*>(blk.shared());
+  acc_t* const tb = ta + kChainBatch;
+  acc_t* const cin = ta + 2 * kChainBatch;
+  acc_t* const cta = ta + 3 * kChainBatch;  // Critic only
+  acc_t* const ctb = ta + 4 * kChainBatch;
+  acc_t* const ccin = ta + 5 * kChainBatch;
+  for (int64_t row = blk.block_index(); row < s.B; row += blk.num_blocks()) {
+    const RowSpan sp = row_span(s, row);
+    const int64_t nchunks = num_chunks(sp.len), u0 = first_slot(s, row, sp);
+    // this thread's k-th total of the batch at processing position `base`
+    const auto pos_of = [&](int64_t base, int k) { return base + tid + int64_t(k) * kChainThreads; };
+    acc_t ra[kChainPerThread], rb[kChainPerThread], rca[kChainPerThread], rcb[kChainPerThread];
+    const auto fetch = [&](int64_t base) {
+      SAE_UNROLL
+      for (int k = 0; k < kChainPerThread; ++k) {
+        const int64_t pos = pos_of(base, k);
+        if (pos < nchunks) {
+          const int64_t u = u0 + chunk_at<Adjoint>(nchunks, pos);
+          ra[k] = sw.ta[u];
+          rb[k] = sw.tb[u];
+          if (Critic) {
+            rca[k] = sw.cta[u];
+            rcb[k] = sw.ctb[u];
+          }
+        }
+      }
+    };
+    const acc_t init = initial_carry<acc_t, Adjoint>(s, row);
+    Carry<acc_t> carry{init, init};  // the chaining thread's
+    fetch(0);
+    for (int64_t base = 0; base < nchunks; base += kChainBatch) {
+      SAE_UNROLL
+      for (int k = 0; k < kChainPerThread; ++k) {
+        if (pos_of(base, k) < nchunks) {
+          const int i = tid + k * kChainThreads;
+          ta[i] = ra[k];
+          tb[i] = rb[k];
+          if (Critic) {
+            cta[i] = rca[k];
+            ctb[i] = rcb[k];
+          }
+        }
+      }
+      blk.sync();
+      if (base + kChainBatch < nchunks) fetch(base + kChainBatch);
+      if (tid == 0) {
+        const int nb = nchunks - base < kChainBatch ? int(nchunks - base) : kChainBatch;
+        for (int i = 0; i < nb; ++i) {
+          cin[i] = carry.s;
+          if (Critic) ccin[i] = carry.c;
+          carry = carry_out<Critic>(Affine<acc_t>{ta[i], tb[i]},
+                                    Critic ? Affine<acc_t>{cta[i], ctb[i]} : identity_map<acc_t>(), carry);
+        }
+      }
+      blk.sync();
+      SAE_UNROLL
+      for (int k = 0; k < kChainPerThread; ++k) {
+        const int64_t pos = pos_of(base, k);
+        if (pos < nchunks) {
+          const int i = tid + k * kChainThreads;
+          const int64_t u = u0 + chunk_at<Adjoint>(nchunks, pos);
+          sw.cin[u] = cin[i];
+          if (Critic) sw.ccin[u] = ccin[i];
+        }
+      }
+    }
+    if (tid == 0) finish_row<acc_t, Adjoint>(s, row, carry.s);
+  }
 }
 
 }  // namespace sae

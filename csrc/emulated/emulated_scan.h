@@ -18,6 +18,7 @@ namespace emu {
 
 struct ScanOptions {
   int sm_count = 132;        // an H100 / H200, for the schedule choice
+  int row_regs = 96;         // registers per thread the rows kernel is assumed to hold (picks W)
   int force_schedule = -1;   // -1: choose as the CUDA launcher does; else a ScheduleKind
   int warps = 0;             // RowPerBlock with forced schedule: warps per block (0: chosen)
   int64_t max_blocks = 0;    // > 0: cap the grid (the kernels grid-stride over the rest)
@@ -27,7 +28,7 @@ struct ScanOptions {
 
 inline Schedule emulated_schedule(const ScanArgs& s, const ScanOptions& o) {
   const bool packed = s.cu.ptr != nullptr;
-  Schedule sc = choose_schedule(s.B, s.T, o.sm_count, packed);
+  Schedule sc = choose_schedule(s.B, s.T, o.sm_count, modelled_row_occupancy(o.row_regs), packed);
   if (o.force_schedule == int(ScheduleKind::SplitRow)) sc = split_schedule(s.B, s.T, packed);
   else if (o.force_schedule == int(ScheduleKind::RowPerBlock))
     sc = row_schedule(s.B, s.T, o.warps > 0 ? o.warps : sc.warps);
@@ -49,8 +50,8 @@ inline std::vector<int64_t> block_order(int64_t n, uint32_t seed) {
 }
 
 template <class Fn>
-void run_grid(int64_t blocks, int warps, uint32_t seed, Fn&& fn) {
-  for (int64_t b : block_order(blocks, seed)) run_block(warps, b, blocks, kSharedBytes, fn);
+void run_grid(int64_t blocks, int warps, uint32_t seed, Fn&& fn, size_t shared_bytes = kSharedBytes) {
+  for (int64_t b : block_order(blocks, seed)) run_block(warps, b, blocks, shared_bytes, fn);
 }
 
 template <class L, bool Adjoint, bool Critic>
@@ -67,9 +68,11 @@ void emulate_schedule(const ScanArgs& s, bool use_double, const Schedule& sc, co
   run_grid(sc.blocks, sc.warps, o.order_seed, [&](EmulatedWarp& w, EmulatedBlock& b) {
     split_chunks<L, Adjoint, false, Critic>(w, b, s, vec, ws.data());
   });
-  // Pass 2 has no warp-level work: one thread per row, rows in any order.
-  for (int64_t row : block_order(s.B, o.order_seed))
-    split_chain_row<acc_t, Adjoint, Critic>(s, ws.data(), row);
+  run_grid(sc.chain_blocks, kChainWarps, o.order_seed ? o.order_seed + 2 : 0,
+           [&](EmulatedWarp& w, EmulatedBlock& b) {
+             split_chain_rows<acc_t, Adjoint, Critic>(w, b, s, ws.data());
+           },
+           chain_shared_bytes<acc_t, Critic>());
   run_grid(sc.blocks, sc.warps, o.order_seed ? o.order_seed + 1 : 0,
            [&](EmulatedWarp& w, EmulatedBlock& b) {
              split_chunks<L, Adjoint, true, Critic>(w, b, s, vec, ws.data());

@@ -721,16 +721,21 @@ void check_packed_typed(const Packed& c, const char* name) {
   }
   const double eps = sizeof(acc_t) == 8 ? 1e-15 : 1e-7;
   const int64_t longest = *std::max_element(c.lengths.begin(), c.lengths.end());
-  emu::ScanOptions split = g_opts, rows1 = g_opts, rows8 = g_opts;
-  split.force_schedule = int(ScheduleKind::SplitRow);
+  emu::ScanOptions split = g_opts, split1 = g_opts;
+  split.force_schedule = split1.force_schedule = int(ScheduleKind::SplitRow);
   split.max_blocks = 3;  // grid-stride over the slots
   split.order_seed = 5;
-  rows1.force_schedule = rows8.force_schedule = int(ScheduleKind::RowPerBlock);
-  rows1.warps = 1;
-  rows8.warps = 8;
-  rows8.order_seed = 9;
+  split1.max_blocks = 1;  // one block walks every slot, pass 3 backwards
+  std::vector<emu::ScanOptions> schedules = {g_opts, split, split1};
+  for (int w : {1, 2, 4, 8}) {  // the bits must not depend on the W the launcher picks
+    emu::ScanOptions r = g_opts;
+    r.force_schedule = int(ScheduleKind::RowPerBlock);
+    r.warps = w;
+    r.order_seed = uint32_t(9 + w);
+    schedules.push_back(r);
+  }
   std::vector<acc_t> first_adv, first_ret;
-  for (const emu::ScanOptions& o : {g_opts, split, rows1, rows8}) {
+  for (const emu::ScanOptions& o : schedules) {
     // Outputs start as garbage: every valid token must be written, every masked one zeroed.
     std::vector<acc_t> adv(in.N, acc_t(-7)), ret(in.N, acc_t(-7));
     ScanArgs s = packed_args(c, in, p);
@@ -822,6 +827,112 @@ void case_variants() {
   check_packed_adjoint(c, "packed adjoint, no cuts");
 }
 
+// Pass 2 on its own, for rows whose chain takes several shared-memory batches (kChainBatch
+// chunks each; the end-to-end cases hardly reach one): a workspace of random chunk totals,
+// chained by the emulated blocks under several grids and block orders, must give the carries
+// in and the row outputs of one plain serial chain in processing order, bit for bit.
+template <typename acc_t, bool Adjoint, bool Critic>
+void check_chain_rows(const std::vector<int64_t>& lengths, bool packed, uint32_t seed) {
+  const int64_t B = int64_t(lengths.size());
+  std::vector<int64_t> cu(1, 3);  // packed: rows start mid-chunk
+  for (int64_t n : lengths) cu.push_back(cu.back() + n);
+  const int64_t T = packed ? cu.back() : *std::max_element(lengths.begin(), lengths.end());
+  std::vector<float> boot(static_cast<size_t>(B));
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<double> unif(-1.5, 1.5);
+  for (auto& b : boot) b = float(unif(rng));
+  ScanArgs s{};
+  s.B = B;
+  s.T = T;
+  s.bootstrap = Mat{boot.data(), 1, 0, Kind::F32};
+  if (packed) s.cu = Mat{cu.data(), 1, 0, Kind::I64};
+  const int64_t slots = num_slots(B, T, packed);
+  std::vector<acc_t> ws0(size_t(6 * slots));
+  for (int64_t i = 0; i < 2 * slots; ++i) ws0[i] = acc_t(unif(rng));        // ta, tb
+  for (int64_t i = 3 * slots; i < 5 * slots; ++i) ws0[i] = acc_t(unif(rng));  // cta, ctb
+  // the reference: one thread, row by row, in processing order
+  std::vector<acc_t> want = ws0, want_row(size_t(B), acc_t(-7));
+  for (int64_t row = 0; row < B; ++row) {
+    const RowSpan sp = row_span(s, row);
+    const int64_t n = num_chunks(sp.len), u0 = first_slot(s, row, sp);
+    const acc_t init = initial_carry<acc_t, Adjoint>(s, row);
+    Carry<acc_t> carry{init, init};
+    for (int64_t pos = 0; pos < n; ++pos) {
+      const int64_t u = u0 + chunk_at<Adjoint>(n, pos);
+      want[2 * slots + u] = carry.s;
+      if (Critic) want[5 * slots + u] = carry.c;
+      carry = carry_out<Critic>(Affine<acc_t>{want[u], want[slots + u]},
+                                Affine<acc_t>{want[3 * slots + u], want[4 * slots + u]}, carry);
+    }
+    if (Adjoint) want_row[row] = carry.s;
+  }
+  for (int64_t grid : {B, int64_t(1), int64_t(2)}) {
+    for (uint32_t order : {0u, seed}) {
+      std::vector<acc_t> ws = ws0, got_row(size_t(B), acc_t(-7));
+      ScanArgs g = s;
+      g.row_out = Adjoint ? got_row.data() : nullptr;
+      emu::run_grid(std::min(grid, B), kChainWarps, order,
+                    [&](emu::EmulatedWarp& w, emu::EmulatedBlock& b) {
+                      split_chain_rows<acc_t, Adjoint, Critic>(w, b, g, ws.data());
+                    },
+                    chain_shared_bytes<acc_t, Critic>());
+      // the carries in of every real slot (padding slots of packed rows stay as they were)
+      CHECK(same_bits(ws, want) && (!Adjoint || same_bits(got_row, want_row)),
+            "pass 2 %s%s%s, %lld rows, grid %lld, order %u: carries differ from the serial chain (first at %zu)",
+            packed ? "packed " : "", Adjoint ? "adjoint" : "forward", Critic ? " critic" : "", (long long)B,
+            (long long)grid, order, first_diff(ws, want));
+    }
+  }
+}
+
+void case_chain_batches() {
+  const int64_t K = kChunk, N = kChainBatch;
+  // 1 chunk, a batch less one, exactly one, one more, two and a partial third
+  const std::vector<int64_t> lengths = {1, (N - 1) * K, N * K, N * K + 1, (2 * N + 37) * K - 9};
+  check_chain_rows<float, false, false>(lengths, false, 1);
+  check_chain_rows<float, true, false>(lengths, false, 2);
+  check_chain_rows<double, false, true>(lengths, false, 3);
+  check_chain_rows<float, false, true>({(N + 5) * K, 0, 7, (2 * N + 1) * K + 100}, true, 4);
+  check_chain_rows<double, true, false>({(N + 5) * K, 0, 7, (2 * N + 1) * K + 100}, true, 5);
+  // End to end: one row of two batches, split as the launcher chooses, against the reference.
+  Case c{1, (N + 2) * K - 3};
+  c.seed = 41;
+  check_forward(c, "chain batches vs reference");
+}
+
+// The launcher's W (row_warps) for the documented shapes, with the occupancy registers allow.
+void case_row_warps() {
+  struct Want {
+    int64_t B, T;
+    int regs, warps;
+  };
+  // 96 registers (float32 rows kernel): 21, 10, 5, 2 blocks per SM at W = 1, 2, 4, 8;
+  // 72 (bfloat16): 28, 14, 7, 3.
+  const Want wants[] = {
+      {256, 8192, 96, 8},   // 1 wave either way: fewest rounds
+      {512, 16384, 96, 4},  // W = 8: 2 waves x 8 rounds, W = 4: 1 x 16: a tie, fewer waves
+      {512, 16384, 72, 4},
+      {4096, 1024, 96, 4},  // W = 1: 2 waves x 4 rounds, W = 4: 7 x 1
+      {4096, 1024, 72, 4},  // W = 4: 5 waves x 1 round
+      {300000, 9, 96, 1},   // one chunk: W = 1 only
+      {132, 300, 96, 2},    // two chunks: at most W = 2
+  };
+  for (const Want& w : wants) {
+    const Schedule sc = choose_schedule(w.B, w.T, 132, modelled_row_occupancy(w.regs));
+    CHECK(sc.kind == ScheduleKind::RowPerBlock && sc.warps == w.warps,
+          "row_warps B=%lld T=%lld regs=%d: W=%d, want %d", (long long)w.B, (long long)w.T, w.regs,
+          sc.warps, w.warps);
+  }
+  const RowOccupancy o96 = modelled_row_occupancy(96);
+  CHECK(o96.blocks_per_sm[0] == 21 && o96.blocks_per_sm[1] == 10 && o96.blocks_per_sm[2] == 5 &&
+            o96.blocks_per_sm[3] == 2,
+        "modelled occupancy at 96 registers: %d %d %d %d", o96.blocks_per_sm[0], o96.blocks_per_sm[1],
+        o96.blocks_per_sm[2], o96.blocks_per_sm[3]);
+  const Schedule sp = choose_schedule(32, 131072, 132, o96);
+  CHECK(sp.kind == ScheduleKind::SplitRow && sp.chain_blocks == 32 && sp.blocks == 32 * 512 / kSplitWarps,
+        "32 x 131072: split, a pass-2 block per row");
+}
+
 template <class Fn>
 bool diverges(Fn fn) {
   try {
@@ -871,7 +982,8 @@ int main(int argc, char** argv) {
       {"adjoint", case_adjoint},     {"emulator", case_emulator},
       {"schedules", case_schedules}, {"schedule_kinds", case_schedule_kinds},
       {"schedule_layouts", case_schedule_layouts}, {"boundaries", case_boundaries},
-      {"variants", case_variants},
+      {"variants", case_variants},   {"chain_batches", case_chain_batches},
+      {"row_warps", case_row_warps},
   };
   std::vector<std::string> run;
   if (argc > 1) run.assign(argv + 1, argv + argc);

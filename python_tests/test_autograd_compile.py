@@ -93,3 +93,44 @@ def test_compile_backward():
     torch.compile(loss, fullgraph=True, dynamic=True)(comp[0], comp[1], args[2], args[3], comp[2]).backward()
     for a, b in zip(eager, comp):
         torch.testing.assert_close(a.grad, b.grad)
+
+
+class _Tagged(torch.Tensor):
+    """A tensor subclass: the wrappers must leave such inputs to the dispatcher."""
+
+
+def _through_wrapper(case):
+    r, v, lp, m, bs = make_rollout(3, 25, seed=8, reward_kind="dense")
+    if case == "grad":  # grad mode on, an input requires grad: autograd must record a graph
+        r = r.requires_grad_()
+        return sae_ext.advantages(r, v, lp, m, lam=0.5, bootstrap=bs), (r,)
+    if case == "bootstrap_grad":  # the only input needing grad is a keyword argument
+        bs = bs.requires_grad_()
+        return sae_ext.gae(r, v, m, lam=0.9, bootstrap=bs), (bs,)
+    if case == "subclass":
+        r = r.as_subclass(_Tagged).requires_grad_()
+        return sae_ext.advantages(r, v, lp, m, lam=0.5), (r,)
+    if case == "parameter":
+        v = torch.nn.Parameter(v)
+        return sae_ext.advantages_from_boundaries(
+            r, v, sae_ext.segment_boundaries(lp, m), m, lam=0.5), (v,)
+    if case == "varlen":
+        cu = torch.tensor([0, 25, 50, 75])
+        v = v.reshape(-1).requires_grad_()
+        return sae_ext.gae_varlen(r.reshape(-1), v, cu, lam=0.9), (v,)
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["grad", "bootstrap_grad", "subclass", "parameter", "varlen"])
+def test_wrappers_keep_autograd_exactly_where_a_gradient_is_needed(case):
+    # The wrappers skip torch's autograd kernel when no gradient can be asked for
+    # (sae_ext._ops._call); everywhere else the graph must be there and give the op's gradient.
+    (adv, ret), leaves = _through_wrapper(case)
+    assert adv.grad_fn is not None and ret.grad_fn is not None
+    g, = torch.autograd.grad((adv.sum() + 2 * ret.sum()), leaves)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+    with torch.no_grad():  # the same call without grad mode: values equal, no graph
+        (adv0, ret0), _ = _through_wrapper(case)
+    assert adv0.grad_fn is None and ret0.grad_fn is None
+    torch.testing.assert_close(adv0, adv.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(ret0, ret.detach(), rtol=0, atol=0)

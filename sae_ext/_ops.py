@@ -26,6 +26,29 @@ def _per_row(x: Optional[Lam], n_rows: int) -> Tuple[Optional[float], Optional[T
     return 0.0, x
 
 
+_functorch_level = torch._C._functorch.peek_interpreter_stack
+
+
+def _call(op, *args, **kwargs):
+    """``op(*args, **kwargs)``, below the autograd layer when no gradient can be asked for.
+
+    Every call of a custom op with a Python autograd formula goes through torch's autograd
+    kernel, which only decides that no graph is needed and redispatches below itself: about
+    5 us of Python on each call, as much as a small batch's whole kernel. The same test done
+    here skips it. It is done only where it cannot change a result: not while torch.compile
+    traces (Dynamo sees the plain op), not under torch.func's transforms, only for plain
+    tensors (no subclasses: FakeTensor, DTensor), and never when grad mode is on and an input
+    requires grad (then the op goes through autograd as always)."""
+    if torch.compiler.is_compiling() or _functorch_level() is not None:
+        return op(*args, **kwargs)
+    grad = torch.is_grad_enabled()
+    for x in (*args, *kwargs.values()):  # the schemas take no lists of tensors
+        if isinstance(x, Tensor) and (type(x) is not Tensor or (grad and x.requires_grad)):
+            return op(*args, **kwargs)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args, **kwargs)
+
+
 def _rows(rewards: Tensor) -> int:
     return rewards.shape[0] if rewards.dim() > 0 else 1  # 0-d: the op names the bad argument
 
@@ -88,8 +111,8 @@ def advantages(
         return torch.ops.sae.advantages.out(
             rewards, values, logprobs, mask, gamma, lam_f, inner_f, threshold, bootstrap, **var,
             out_advantages=out[0], out_returns=out[1])
-    return torch.ops.sae.advantages(
-        rewards, values, logprobs, mask, gamma, lam_f, inner_f, threshold, bootstrap, **var)
+    return _call(torch.ops.sae.advantages,
+                 rewards, values, logprobs, mask, gamma, lam_f, inner_f, threshold, bootstrap, **var)
 
 
 def advantages_from_boundaries(
@@ -108,8 +131,8 @@ def advantages_from_boundaries(
     segmentation: fixed length, every k-th token, line breaks...). Boundaries on masked
     positions are ignored."""
     lam_f, inner_f, var = _lambdas(_rows(rewards), lam, lam_inner, lam_critic)
-    return torch.ops.sae.advantages_from_boundaries(
-        rewards, values, boundaries, mask, gamma, lam_f, inner_f, bootstrap, **var)
+    return _call(torch.ops.sae.advantages_from_boundaries,
+                 rewards, values, boundaries, mask, gamma, lam_f, inner_f, bootstrap, **var)
 
 
 def gae(
@@ -128,8 +151,8 @@ def gae(
     Returns ``(advantages, returns)`` as :func:`advantages` does.
     """
     lam_f, _, var = _lambdas(_rows(rewards), lam, lam, lam_critic)
-    return torch.ops.sae.advantages(rewards, values, None, mask, gamma, lam_f, lam_f, 0.0,
-                                    bootstrap, **var)
+    return _call(torch.ops.sae.advantages, rewards, values, None, mask, gamma, lam_f, lam_f, 0.0,
+                 bootstrap, **var)
 
 
 def length_adaptive_lam(mask: Tensor, alpha: float = 0.05) -> Tensor:
@@ -184,8 +207,8 @@ def advantages_varlen(
     the padded op on that row. ``mask`` None: every token valid. Per-row lambdas are [B]."""
     _check_cu_values(cu_seqlens, rewards.shape[0], "sae.advantages")
     lam_f, inner_f, var = _lambdas(max(_rows(cu_seqlens) - 1, 0), lam, lam_inner, lam_critic)
-    return torch.ops.sae.advantages(rewards, values, logprobs, mask, gamma, lam_f, inner_f,
-                                    threshold, bootstrap, **var, cu_seqlens=cu_seqlens)
+    return _call(torch.ops.sae.advantages, rewards, values, logprobs, mask, gamma, lam_f, inner_f,
+                 threshold, bootstrap, **var, cu_seqlens=cu_seqlens)
 
 
 def gae_varlen(
@@ -202,8 +225,8 @@ def gae_varlen(
     """:func:`gae` on packed rows, as :func:`advantages_varlen` lays them out."""
     _check_cu_values(cu_seqlens, rewards.shape[0], "sae.advantages")
     lam_f, _, var = _lambdas(max(_rows(cu_seqlens) - 1, 0), lam, lam, lam_critic)
-    return torch.ops.sae.advantages(rewards, values, None, mask, gamma, lam_f, lam_f, 0.0,
-                                    bootstrap, **var, cu_seqlens=cu_seqlens)
+    return _call(torch.ops.sae.advantages, rewards, values, None, mask, gamma, lam_f, lam_f, 0.0,
+                 bootstrap, **var, cu_seqlens=cu_seqlens)
 
 
 def segment_boundaries(logprobs: Tensor, mask: Tensor, *, threshold: float = 0.2) -> Tensor:

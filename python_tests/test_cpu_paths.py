@@ -187,3 +187,97 @@ def test_packed_split_rows_equal_the_rows_padded():
         s = slice(int(cu[b]), int(cu[b + 1]))
         a1, r1 = OPS.advantages(r[s][None], v[s][None], lp[s][None], None, *hyper)
         assert torch.equal(adv[s], a1[0]) and torch.equal(ret[s], r1[0]), f"row {b}"
+
+
+# Many split rows take the chained walk (csrc/cpu/chained_walk.h: one pass, a lane per row)
+# and few take the three phases; both must give the same bits. A row alone always takes the
+# three phases, so each row alone against the batch compares the two; so do 1 and 2 threads
+# where the rule (dispatch.cpp, use_chained_walk) puts the batch on different sides (with
+# AVX2, 8 float lanes: 4 rows are walked at 1 thread and take the three phases at 2).
+def _chained_rollout(B, dtype, seed=21):
+    return make_rollout(B, SPLIT_T, dtype=dtype, seed=seed, mask_kind="mixed", reward_kind="dense")
+
+
+def _all_outputs(r, v, lp, m, bs, lam_rows=None):
+    """Forward (SAE, GAE, critic chain, per-row lam if given) and the adjoint by autograd."""
+    outs = list(sae_ext.advantages(r, v, lp, m, gamma=1.0, lam=0.9, lam_inner=1.0, bootstrap=bs))
+    outs += sae_ext.advantages(r, v, lp, m, gamma=0.99, lam=0.95, lam_inner=0.95, bootstrap=bs)
+    outs += sae_ext.advantages(r, v, lp, m, gamma=1.0, lam=0.9, lam_inner=1.0, bootstrap=bs,
+                               lam_critic=0.97)
+    if lam_rows is not None:
+        outs += sae_ext.advantages(r, v, lp, m, gamma=1.0, lam=lam_rows, lam_inner=1.0, bootstrap=bs)
+    rg, vg, bg = (x.detach().clone().requires_grad_() for x in (r, v, bs))
+    adv, ret = sae_ext.advantages(rg, vg, lp, m, gamma=1.0, lam=0.9, lam_inner=1.0, bootstrap=bg)
+    # Output gradients elementwise from the inputs, so that a row's are the same alone.
+    ga, gr = (r.float() * 0.37 + 0.1).sin(), (v.float() * 0.61).cos()
+    (adv * ga + ret * gr).float().sum().backward()
+    return [o.detach() for o in outs] + [rg.grad, vg.grad, bg.grad]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_chained_walk_equals_rows_alone_and_thread_counts(dtype):
+    """4 and 16 split rows (walked at 1 thread; 4 rows three-phase at 2, 16 walked two
+    vectors a group at 1 thread, one at 2) equal each row alone (three-phase) and the other
+    thread count, bitwise, forward and adjoint."""
+    before = torch.get_num_threads()
+    try:
+        for B in (4, 16):
+            r, v, lp, m, bs = _chained_rollout(B, dtype)
+            lam_rows = torch.linspace(0.5, 1.0, B)
+            per_threads = []
+            for n in (1, 2):
+                torch.set_num_threads(n)
+                per_threads.append(_all_outputs(r, v, lp, m, bs, lam_rows))
+            for a, b in zip(*per_threads):
+                assert torch.equal(a, b), f"B={B}: 1 and 2 threads differ"
+            torch.set_num_threads(1)
+            for row in (0, 1, 2, 3, B - 1):
+                sl = slice(row, row + 1)
+                alone = _all_outputs(r[sl], v[sl], lp[sl], m[sl], bs[sl], lam_rows[sl])
+                for got, want in zip(alone, per_threads[0]):
+                    assert torch.equal(got[0], want[row]), f"B={B}, row {row}"
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_chained_walk_within_the_reference_criterion():
+    """The chained walk's forward and adjoint against the float64 reference."""
+    from conftest import check_against_reference
+    from sae_ext import reference
+    r, v, lp, m, bs = _chained_rollout(8, torch.float32)
+    hyper = (0.999, 0.5, 1.0, 0.2)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        check_against_reference(OPS.advantages(r, v, lp, m, *hyper, bs), (r, v, lp, m, *hyper, bs),
+                                what="chained walk")
+        r64, v64, bs64 = (x.double().requires_grad_() for x in (r, v, bs))
+        adv64, ret64 = reference.advantages(r64, v64, lp, m, *hyper, bs64)
+        ga, gr = torch.randn_like(adv64), torch.randn_like(ret64)
+        (adv64 * ga + ret64 * gr).sum().backward()
+        dr, dv, dbs = OPS.advantages_backward(ga.float(), gr.float(), m, lp, None, *hyper)
+    finally:
+        torch.set_num_threads(before)
+    for got, want in ((dr, r64.grad), (dv, v64.grad), (dbs, bs64.grad)):
+        scale = max(1.0, want.abs().max().item())
+        assert (got.double() - want).abs().max().item() <= 1e-4 * scale
+
+
+def test_packed_chained_walk_equals_the_rows_alone():
+    """Packed split rows of different chunk counts (they leave the walk's group in turn)
+    and a short row: each row's bits as a [1, len] row."""
+    lens = [140000, 100000, 70000, 66000, 65536, 100, 90000, 80000, 131072]
+    r, v, lp, _, _ = make_rollout(1, sum(lens), seed=13, mask_kind="none", reward_kind="dense")
+    r, v, lp = r[0], v[0], lp[0]
+    cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)))
+    hyper = (1.0, 0.9, 1.0, 0.2)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        adv, ret = OPS.advantages(r, v, lp, None, *hyper, None, cu_seqlens=cu)
+        for b in range(len(lens)):
+            s = slice(int(cu[b]), int(cu[b + 1]))
+            a1, r1 = OPS.advantages(r[s][None], v[s][None], lp[s][None], None, *hyper)
+            assert torch.equal(adv[s], a1[0]) and torch.equal(ret[s], r1[0]), f"row {b}"
+    finally:
+        torch.set_num_threads(before)

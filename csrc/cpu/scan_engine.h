@@ -108,10 +108,14 @@ SAE_INLINE Seg whole_row(const ScanArgs& a, int64_t row, bool adjoint) {
 // .. 0 carrying w (and, Critic, the critic chain's w); the adjoint runs t = 0 .. len-1
 // carrying u (sae_step.h).
 //
-// Compose: nothing is written per token; instead each segment's map of the carry entering
-// it to the carry leaving it, s_out = A * s_in + B (and the critic chain's Ac, Bc), goes to
-// comp[4 * g ..]: B is the scan from s_in = 0, A the product of the valid tokens' factors.
-template <typename S, int W, int NV, Pass M, bool Compose>
+// Compose: each segment's map of the carry entering it to the carry leaving it,
+// s_out = A * s_in + B (and the critic chain's Ac, Bc), goes to comp[4 * g ..]: B is the
+// scan from s_in = 0, A the product of the valid tokens' factors. Write: the outputs are
+// written, scanning from the segments' init carries. A split row's three phases are
+// Compose alone, then Write alone (split_rows.h); chained_walk.h asks for both in one walk
+// over the staged tiles, B then scanned from 0 in a second chain beside the replay's, with
+// the same operations as Compose alone, so that its maps (and outputs) are the same bits.
+template <typename S, int W, int NV, Pass M, bool Compose, bool Write = !Compose>
 SAE_INLINE void scan_group(const ScanArgs& a, const Consts<S, W>& cs, Layout layout, bool stream,
                            const Seg* segs, int64_t nrows, double* comp) {
   constexpr bool Adjoint = M == Pass::Adjoint, Critic = M == Pass::Critic;
@@ -134,19 +138,22 @@ SAE_INLINE void scan_group(const ScanArgs& a, const Consts<S, W>& cs, Layout lay
     ntiles = std::max(ntiles, ntl[g]);
     rl[g] = RowLam<S, W>(a, rows[g]);
   }
-  V carry[NV], ccarry[NV], lcrit[NV], prod[NV], cprod[NV];
+  constexpr bool Both = Compose && Write;
+  // Both: carry / ccarry replay from the inits, mcarry / mccarry compose B / Bc from 0.
+  V carry[NV], ccarry[NV], lcrit[NV], prod[NV], cprod[NV], mcarry[NV], mccarry[NV];
   for (int v = 0; v < NV; ++v) {
     S init[W], initc[W], lc[W];
     for (int g = 0; g < W; ++g) {
       const int64_t r = v * W + g;
-      init[g] = (!Compose && r < nrows) ? S(segs[r].init) : S(0);
-      initc[g] = (!Compose && r < nrows) ? S(segs[r].init_c) : S(0);
+      init[g] = (Write && r < nrows) ? S(segs[r].init) : S(0);
+      initc[g] = (Write && r < nrows) ? S(segs[r].init_c) : S(0);
       lc[g] = r < nrows ? rl[r].lam_critic : S(0);
     }
     memcpy(&carry[v].v, init, sizeof(init));
     memcpy(&ccarry[v].v, initc, sizeof(initc));
     memcpy(&lcrit[v].v, lc, sizeof(lc));
     prod[v] = cprod[v] = V(S(1));
+    mcarry[v] = mccarry[v] = V(S(0));
   }
   // Lanes of missing rows in the last vector: masked tokens, never stored.
   for (int g = int(nrows); g < nv * W; ++g) {
@@ -207,14 +214,25 @@ SAE_INLINE void scan_group(const ScanArgs& a, const Consts<S, W>& cs, Layout lay
           if (Adjoint) adjoint_token(V::of(x[v][k]), V::of(y[v][k]), V::of(l[v][k]), cs.gamma, s, r0, r1);
           else forward_token(V::of(x[v][k]), V::of(y[v][k]), V::of(l[v][k]), cs.gamma, s, r0, r1);
           if (Compose) prod[v].v = ok ? (cs.gamma * V::of(l[v][k]) * prod[v]).v : prod[v].v;
+          if (Both) {  // the map's B: the same step from 0, its outputs dropped
+            V m = mcarry[v], m0, m1;
+            if (Adjoint) adjoint_token(V::of(x[v][k]), V::of(y[v][k]), V::of(l[v][k]), cs.gamma, m, m0, m1);
+            else forward_token(V::of(x[v][k]), V::of(y[v][k]), V::of(l[v][k]), cs.gamma, m, m0, m1);
+            mcarry[v].v = ok ? m.v : mcarry[v].v;
+          }
           if (Critic) {  // same tokens, lambda_t = lam_critic: only its returns are kept
             V sc = ccarry[v], c0, c1;
             forward_token(V::of(x[v][k]), V::of(y[v][k]), lcrit[v], cs.gamma, sc, c0, c1);
             r1 = c1;
             ccarry[v].v = ok ? sc.v : ccarry[v].v;
             if (Compose) cprod[v].v = ok ? (cs.gamma * lcrit[v] * cprod[v]).v : cprod[v].v;
+            if (Both) {
+              V mc = mccarry[v], d0, d1;
+              forward_token(V::of(x[v][k]), V::of(y[v][k]), lcrit[v], cs.gamma, mc, d0, d1);
+              mccarry[v].v = ok ? mc.v : mccarry[v].v;
+            }
           }
-          if (!Compose) {
+          if (Write) {
             o0[v][k] = ok ? r0.v : R{};
             o1[v][k] = ok ? r1.v : R{};
           }
@@ -222,7 +240,7 @@ SAE_INLINE void scan_group(const ScanArgs& a, const Consts<S, W>& cs, Layout lay
         }
       }
       for (int v = 0; v < NV; ++v) {
-        if (Compose || v >= nv) break;
+        if (!Write || v >= nv) break;
         transpose<W>(o0[v]);
         transpose<W>(o1[v]);
         for (int g = 0; g < W; ++g) {
@@ -233,7 +251,7 @@ SAE_INLINE void scan_group(const ScanArgs& a, const Consts<S, W>& cs, Layout lay
     }
     // 3.
     for (int g = 0; g < nrows; ++g) {
-      if (Compose || tl[g].n == 0) continue;
+      if (!Write || tl[g].n == 0) continue;
       const int64_t off = span[g].out_offset + tl[g].t0;
       if (stream) {
         copy_out<S, W, !Adjoint, true>(out0 + off, o0s[g], tl[g].n);
@@ -248,15 +266,16 @@ SAE_INLINE void scan_group(const ScanArgs& a, const Consts<S, W>& cs, Layout lay
     for (int v = 0; v < nv; ++v) {
       S A[W], B[W], Ac[W], Bc[W];
       memcpy(A, &prod[v].v, sizeof(A));
-      memcpy(B, &carry[v].v, sizeof(B));
+      memcpy(B, Both ? &mcarry[v].v : &carry[v].v, sizeof(B));
       memcpy(Ac, &cprod[v].v, sizeof(Ac));
-      memcpy(Bc, &ccarry[v].v, sizeof(Bc));
+      memcpy(Bc, Both ? &mccarry[v].v : &ccarry[v].v, sizeof(Bc));
       for (int g = 0; g < W && v * W + g < nrows; ++g) {
         double* c = comp + 4 * (v * W + g);
         c[0] = A[g], c[1] = B[g], c[2] = Ac[g], c[3] = Bc[g];
       }
     }
-  } else if (Adjoint) {
+  }
+  if (Write && Adjoint) {
     for (int v = 0; v < nv; ++v) {
       S u[W];
       memcpy(u, &carry[v].v, sizeof(u));
@@ -270,7 +289,7 @@ SAE_INLINE void scan_group(const ScanArgs& a, const Consts<S, W>& cs, Layout lay
 // spend nearly all of its work transposing empty lanes, so the row is staged as usual and
 // the recursion runs in scalar code. It makes the same IEEE operations in the same order as
 // a vector lane, so the results are bitwise those the row gets inside a group.
-template <typename S, int W, Pass M, bool Compose>
+template <typename S, int W, Pass M, bool Compose, bool Write = !Compose>
 SAE_INLINE void scan_one_row(const ScanArgs& a, const Consts<S, W>& cs, Layout layout, bool stream,
                              const Seg& seg, double* comp) {
   constexpr bool Adjoint = M == Pass::Adjoint, Critic = M == Pass::Critic;
@@ -281,9 +300,11 @@ SAE_INLINE void scan_one_row(const ScanArgs& a, const Consts<S, W>& cs, Layout l
   const RowSpan span{seg.start, seg.len, seg.out_offset};
   const RowLam<S, W> rl(a, row);
   const S lcrit = rl.lam_critic;
-  S carry = Compose ? S(0) : S(seg.init);
-  S ccarry = Compose ? S(0) : S(seg.init_c);
+  constexpr bool Both = Compose && Write;
+  S carry = Write ? S(seg.init) : S(0);
+  S ccarry = Write ? S(seg.init_c) : S(0);
   S prod = S(1), cprod = S(1);
+  S mcarry = S(0), mccarry = S(0);  // Both: B and Bc from 0, as in scan_group
   S* const out0 = static_cast<S*>(a.out0) + span.out_offset;
   S* const out1 = static_cast<S*>(a.out1) + span.out_offset;
   const int64_t ntiles = (span.len + kTile - 1) / kTile;
@@ -308,10 +329,19 @@ SAE_INLINE void scan_one_row(const ScanArgs& a, const Consts<S, W>& cs, Layout l
         if (Adjoint) adjoint_token(xs[0][k], ys[0][k], l, gamma, carry, r0, r1);
         else forward_token(xs[0][k], ys[0][k], l, gamma, carry, r0, r1);
         if (Compose) prod = gamma * l * prod;
+        if (Both) {
+          S m0, m1;
+          if (Adjoint) adjoint_token(xs[0][k], ys[0][k], l, gamma, mcarry, m0, m1);
+          else forward_token(xs[0][k], ys[0][k], l, gamma, mcarry, m0, m1);
+        }
         if (Critic) {
           S c0;
           forward_token(xs[0][k], ys[0][k], lcrit, gamma, ccarry, c0, r1);
           if (Compose) cprod = gamma * lcrit * cprod;
+          if (Both) {
+            S d0, d1;
+            forward_token(xs[0][k], ys[0][k], lcrit, gamma, mccarry, d0, d1);
+          }
         }
         o0s[k] = r0;
         o1s[k] = r1;
@@ -319,7 +349,7 @@ SAE_INLINE void scan_one_row(const ScanArgs& a, const Consts<S, W>& cs, Layout l
         o0s[k] = o1s[k] = S(0);
       }
     }
-    if (Compose) continue;
+    if (!Write) continue;
     if (stream) {
       copy_out<S, W, !Adjoint, true>(out0 + t0, o0s, n);
       copy_out<S, W, !Adjoint, true>(out1 + t0, o1s, n);
@@ -329,28 +359,36 @@ SAE_INLINE void scan_one_row(const ScanArgs& a, const Consts<S, W>& cs, Layout l
     }
   }
   if (Compose) {
-    comp[0] = prod, comp[1] = carry, comp[2] = cprod, comp[3] = ccarry;
-  } else if (Adjoint && seg.writes_u) {
+    comp[0] = prod, comp[1] = Both ? mcarry : carry, comp[2] = cprod, comp[3] = Both ? mccarry : ccarry;
+  }
+  if (Write && Adjoint && seg.writes_u) {
     static_cast<S*>(a.row_out)[row] = carry;
   }
 }
 
 // What a task scans: segs[begin .. end) when segs is given (with Compose, their maps go to
-// comp[4 * i ..]), else rows order[begin .. end) (order null: rows begin .. end-1).
+// comp[4 * i ..]), else rows order[begin .. end) (order null: rows begin .. end-1). The
+// chained walk (chained_walk.h) takes split rows begin .. end-1 instead, row i's chunks
+// being segs[first[i] .. first[i + 1]).
 struct Work {
   const int64_t* order;
   const Seg* segs;
   double* comp;
+  const int64_t* first;
 };
+
+// Outputs too large to stay cached are written with streaming stores.
+SAE_INLINE bool stream_outputs(const ScanArgs& a, int64_t elem_bytes) {
+  const int64_t tokens = a.cu.ptr != nullptr ? a.T : a.B * a.T;
+  return 2 * tokens * elem_bytes >= kStreamBytes;
+}
 
 // In groups of NV * W.
 template <typename S, int W, int NV, Pass M, bool Compose>
 SAE_INLINE void scan_rows(const ScanArgs& a, const Work& wk, int64_t begin, int64_t end) {
   const Consts<S, W> cs(a.p);
   const Layout layout = layout_of(a);
-  // Outputs too large to stay cached are written with streaming stores.
-  const int64_t tokens = a.cu.ptr != nullptr ? a.T : a.B * a.T;
-  const bool stream = 2 * tokens * int64_t(sizeof(S)) >= kStreamBytes;
+  const bool stream = stream_outputs(a, int64_t(sizeof(S)));
   Seg own[NV * W];
   for (int64_t i0 = begin; i0 < end; i0 += NV * W) {
     const int64_t nrows = std::min<int64_t>(NV * W, end - i0);

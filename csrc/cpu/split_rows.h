@@ -41,6 +41,14 @@ inline void append_chunks(std::vector<Seg>& out, const Seg& row) {
   }
 }
 
+// The carries leaving a chunk, from those entering it and its map c[0 .. 4). The chained
+// walk (chained_walk.h) steps its carries with this too, so that they are the same bits.
+template <typename S>
+SAE_INLINE void carry_through(const double* c, S& s, S& sc) {
+  s = S(c[0]) * s + S(c[1]);
+  sc = S(c[2]) * sc + S(c[3]);
+}
+
 // Phase 2 for the chunks chunks[b .. e) of one row, given their maps comp[4 * i ..]: the
 // forward enters the last chunk with the row's bootstrap and walks to the first, the
 // adjoint enters the first with 0 and walks to the last.
@@ -50,9 +58,7 @@ void chain_carries(Seg* chunks, const double* comp, int64_t b, int64_t e, bool a
   for (int64_t j = 0; j < e - b; ++j) {
     const int64_t i = adjoint ? b + j : e - 1 - j;
     chunks[i].init = s, chunks[i].init_c = sc;
-    const double* c = comp + 4 * i;
-    s = S(c[0]) * s + S(c[1]);
-    sc = S(c[2]) * sc + S(c[3]);
+    carry_through<S>(comp + 4 * i, s, sc);
   }
 }
 

@@ -1,12 +1,10 @@
 """A/B of two checkouts of sae-ext on CPU split rows: python bench/split_rows_ab.py <repo root>
 prints {"BxT@threads": [best ms, median ms]} of 25 out= calls; run it for each checkout in turn."""
-# usage: python chainbench.py <repo root>  -> prints json of best/median out= times per shape/threads
 import sys, json, time, statistics
 sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + "/bench")
 import torch, sae_ext
 from run import make_inputs
 assert sae_ext.__file__.startswith(sys.argv[1]), sae_ext.__file__
-OPS = torch.ops.sae
 res = {}
 for (B, T) in [(2, 131072), (4, 131072), (8, 131072), (16, 131072), (32, 65536), (1, 131072)]:
     inp = make_inputs(B, T, torch.float32, "cpu", seed=0)

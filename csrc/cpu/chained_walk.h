@@ -59,9 +59,7 @@ SAE_INLINE void walk_chained(const ScanArgs& a, const Work& wk, int64_t begin, i
       for (int k = 0; k < n; ++k) carry_through<S>(comp + 4 * k, s[lane[k]], sc[lane[k]]);
     }
   }
-#if SAE_X86
-  if (stream) __asm__ __volatile__("sfence" ::: "memory");  // order the streaming stores
-#endif
+  fence_streaming_stores(stream);
 }
 
 }  // namespace cpu

@@ -120,13 +120,17 @@ const IsaVariant& isa() {
 
 // n items (rows or segments) of about item_tokens tokens each, in groups of W * nv over
 // torch's threads, with enough tokens per task that thread start-up is amortised.
+// Two vector chains per group hide the recursion's latency; one when that would leave a
+// thread without items (n items, W lanes a vector).
+int vectors_per_group(int64_t n, int64_t W) {
+  return n >= kNV * W * int64_t(torch::stable::get_num_threads()) ? kNV : 1;
+}
+
 template <typename S>
 void run_groups(const IsaVariant& v, const ScanArgs& a, Pass pass, bool compose, const Work& wk,
                 int64_t n, int64_t item_tokens) {
   const int64_t W = v.vector_bytes / int64_t(sizeof(S));
-  // Two vector chains per group hide the recursion's latency; one when that would leave a
-  // thread without items.
-  const int nv = n >= kNV * W * int64_t(torch::stable::get_num_threads()) ? kNV : 1;
+  const int nv = vectors_per_group(n, W);
   const ScanFn scan = v.scan[sizeof(S) == 8][nv == kNV][int(pass)][compose];
   const int64_t G = W * nv;
   const int64_t ngroups = (n + G - 1) / G;
@@ -164,7 +168,7 @@ bool use_chained_walk(int64_t nsplit, int64_t W, int64_t threads) {
 template <typename S>
 void run_chained(const IsaVariant& v, const ScanArgs& a, Pass pass, const Work& wk, int64_t nsplit) {
   const int64_t W = v.vector_bytes / int64_t(sizeof(S));
-  const int nv = nsplit >= kNV * W * int64_t(torch::stable::get_num_threads()) ? kNV : 1;
+  const int nv = vectors_per_group(nsplit, W);
   const ScanFn walk = v.chained[sizeof(S) == 8][nv == kNV][int(pass)];
   const int64_t G = W * nv;
   torch::stable::parallel_for(0, (nsplit + G - 1) / G, 1, [&](int64_t gb, int64_t ge) {
@@ -214,15 +218,18 @@ void scan_all_rows_as(const ScanArgs& a) {
     append_chunks(segs, row);
     first.push_back(int64_t(segs.size()));
   }
+  // Scans items (whole rows, or chunks whose carries are chained), writing their outputs.
+  const int64_t tokens = packed ? a.T : a.B * a.T;
+  auto write = [&](const std::vector<Seg>& items) {
+    if (items.empty()) return;
+    run_groups<S>(v, a, pass, false, Work{nullptr, items.data(), nullptr}, int64_t(items.size()),
+                  std::max<int64_t>(1, tokens / int64_t(items.size())));
+  };
   const int64_t nsplit = int64_t(first.size()) - 1;
   const int64_t W = v.vector_bytes / int64_t(sizeof(S));
   if (use_chained_walk(nsplit, W, int64_t(torch::stable::get_num_threads()))) {
     run_chained<S>(v, a, pass, Work{nullptr, segs.data(), nullptr, first.data()}, nsplit);
-    if (!whole.empty()) {
-      const int64_t tokens = packed ? a.T : a.B * a.T;
-      run_groups<S>(v, a, pass, false, Work{nullptr, whole.data(), nullptr}, int64_t(whole.size()),
-                    std::max<int64_t>(1, tokens / int64_t(whole.size())));
-    }
+    write(whole);
     return;
   }
   const int64_t nchunks = int64_t(segs.size());
@@ -232,9 +239,7 @@ void scan_all_rows_as(const ScanArgs& a) {
     chain_carries<S>(segs.data(), comp.data(), first[r], first[r + 1], Adjoint);
   }
   segs.insert(segs.end(), whole.begin(), whole.end());
-  const int64_t tokens = packed ? a.T : a.B * a.T;
-  run_groups<S>(v, a, pass, false, Work{nullptr, segs.data(), nullptr}, int64_t(segs.size()),
-                std::max<int64_t>(1, tokens / int64_t(segs.size())));
+  write(segs);
 }
 
 }  // namespace

@@ -383,6 +383,15 @@ SAE_INLINE bool stream_outputs(const ScanArgs& a, int64_t elem_bytes) {
   return 2 * tokens * elem_bytes >= kStreamBytes;
 }
 
+// After a task's streaming stores: order them before the stores of whatever runs next.
+SAE_INLINE void fence_streaming_stores(bool stream) {
+#if SAE_X86
+  if (stream) __asm__ __volatile__("sfence" ::: "memory");
+#else
+  (void)stream;
+#endif
+}
+
 // In groups of NV * W.
 template <typename S, int W, int NV, Pass M, bool Compose>
 SAE_INLINE void scan_rows(const ScanArgs& a, const Work& wk, int64_t begin, int64_t end) {
@@ -402,9 +411,7 @@ SAE_INLINE void scan_rows(const ScanArgs& a, const Work& wk, int64_t begin, int6
     if (nrows == 1) scan_one_row<S, W, M, Compose>(a, cs, layout, stream, segs[0], comp);
     else scan_group<S, W, NV, M, Compose>(a, cs, layout, stream, segs, nrows, comp);
   }
-#if SAE_X86
-  if (stream) __asm__ __volatile__("sfence" ::: "memory");  // order the streaming stores
-#endif
+  fence_streaming_stores(stream);
 }
 
 }  // namespace cpu

@@ -150,6 +150,40 @@ def test_split_rows_same_on_any_thread_count():
             assert torch.equal(a, b)
 
 
+def _adjoint_float64(ga, gr, lp, m, hyper):
+    """d rewards, d values, d bootstrap of the loss sum(ga * A + gr * R), in float64: the
+    adjoint recursion of reference.py, one step a token (autograd through the reference's
+    forward, which test_adjoint_oracle_is_the_references_autograd checks it against, takes
+    over a minute at the lengths that split rows need)."""
+    from sae_ext import reference
+    gamma, lam, lam_inner, threshold = hyper
+    starts = reference.segment_boundaries(lp, m, threshold)
+    return reference.step_order_adjoint(ga, gr, starts, m, gamma, lam, lam_inner, torch.float64)
+
+
+def _assert_adjoint_close(got, want):
+    for name, g, w in zip(("d rewards", "d values", "d bootstrap"), got, want):
+        scale = max(1.0, w.abs().max().item())
+        err = (g.double() - w).abs().max().item()
+        assert err <= 1e-4 * scale, f"{name}: max error {err:.3g} (scale {scale:.3g})"
+
+
+def test_adjoint_oracle_is_the_references_autograd():
+    """_adjoint_float64 against autograd through reference.advantages, on a short batch
+    with holes, cuts and a bootstrap."""
+    from sae_ext import reference
+    r, v, lp, m, bs = make_rollout(3, 300, dtype=torch.float64, seed=5, mask_kind="mixed",
+                                   reward_kind="dense")
+    hyper = (0.999, 0.5, 1.0, 0.2)
+    r, v, bs = (x.clone().requires_grad_() for x in (r, v, bs))
+    adv, ret = reference.advantages(r, v, lp, m, *hyper, bs)
+    ga, gr = torch.randn_like(adv), torch.randn_like(ret)
+    (adv * ga + ret * gr).sum().backward()
+    got = _adjoint_float64(ga, gr, lp, m, hyper)
+    for g, w in zip(got, (r.grad, v.grad, bs.grad)):
+        assert (g - w).abs().max().item() <= 1e-12 * max(1.0, w.abs().max().item())
+
+
 def test_split_rows_within_the_reference_criterion():
     """Forward (with the critic chain too) and adjoint of split rows against float64."""
     from conftest import assert_close_to_reference, check_against_reference
@@ -162,15 +196,9 @@ def test_split_rows_within_the_reference_criterion():
     want = reference.advantages(r, v, lp, m, *hyper, bs, lam_critic=0.97)[1]
     same = reference.advantages(r, v, lp, m, *hyper, bs, dtype=torch.float32, lam_critic=0.97)[1]
     assert_close_to_reference(got, want, same, what="split rows, critic returns")
-    # The adjoint against the float64 forward's autograd.
-    r64, v64, bs64 = (x.double().requires_grad_() for x in (r, v, bs))
-    adv64, ret64 = reference.advantages(r64, v64, lp, m, *hyper, bs64)
-    ga, gr = torch.randn_like(adv64), torch.randn_like(ret64)
-    (adv64 * ga + ret64 * gr).sum().backward()
-    dr, dv, dbs = OPS.advantages_backward(ga.float(), gr.float(), m, lp, None, *hyper)
-    for got, want in ((dr, r64.grad), (dv, v64.grad), (dbs, bs64.grad)):
-        scale = max(1.0, want.abs().max().item())
-        assert (got.double() - want).abs().max().item() <= 1e-4 * scale
+    ga, gr = torch.randn(r.shape), torch.randn(r.shape)
+    got = OPS.advantages_backward(ga, gr, m, lp, None, *hyper)
+    _assert_adjoint_close(got, _adjoint_float64(ga, gr, lp, m, hyper))
 
 
 def test_packed_split_rows_equal_the_rows_padded():
@@ -251,16 +279,11 @@ def test_chained_walk_within_the_reference_criterion():
         torch.set_num_threads(1)
         check_against_reference(OPS.advantages(r, v, lp, m, *hyper, bs), (r, v, lp, m, *hyper, bs),
                                 what="chained walk")
-        r64, v64, bs64 = (x.double().requires_grad_() for x in (r, v, bs))
-        adv64, ret64 = reference.advantages(r64, v64, lp, m, *hyper, bs64)
-        ga, gr = torch.randn_like(adv64), torch.randn_like(ret64)
-        (adv64 * ga + ret64 * gr).sum().backward()
-        dr, dv, dbs = OPS.advantages_backward(ga.float(), gr.float(), m, lp, None, *hyper)
+        ga, gr = torch.randn(r.shape), torch.randn(r.shape)
+        got = OPS.advantages_backward(ga, gr, m, lp, None, *hyper)
     finally:
         torch.set_num_threads(before)
-    for got, want in ((dr, r64.grad), (dv, v64.grad), (dbs, bs64.grad)):
-        scale = max(1.0, want.abs().max().item())
-        assert (got.double() - want).abs().max().item() <= 1e-4 * scale
+    _assert_adjoint_close(got, _adjoint_float64(ga, gr, lp, m, hyper))
 
 
 def test_packed_chained_walk_equals_the_rows_alone():

@@ -11,10 +11,10 @@
 // vector width picked at run time (AVX2 or baseline), or where a row lands in a group.
 //
 // This file: ONE table of the ISA variants of the scan (each a build of scan_engine.h's
-// templates for one vector width and target), the choice among them at run time, and the
-// split of the rows over torch's threads. Threads come from torch::stable::parallel_for: a
-// call through the stable C shim into libtorch's own at::parallel_for, so the rows share
-// torch's intra-op thread pool (torch.get_num_threads()) whatever this file is built with.
+// templates for one vector width and target, compiled in builds_*.cpp), the choice among
+// them at run time, and the split of the rows over torch's threads. Threads come from
+// torch::stable::parallel_for: a call through the stable C shim into libtorch's own
+// at::parallel_for, so the rows share torch's intra-op thread pool (torch.get_num_threads()) whatever this file is built with.
 #include "dispatch.h"
 
 #include <torch/csrc/stable/ops.h>
@@ -25,37 +25,12 @@
 #include <cstring>
 #include <vector>
 
-#include "chained_walk.h"
-#include "scan_engine.h"
+#include "scan_builds.h"
 #include "split_rows.h"
 
 namespace sae {
 namespace cpu {
 namespace {
-
-using ScanFn = void (*)(const ScanArgs&, const Work&, int64_t, int64_t);
-
-// The builds of the scan: 32-byte vectors for AVX2 machines, 16-byte vectors (SSE2, NEON)
-// for everything else. Same lanes, same operations, same results.
-template <typename S, int NV, Pass M, bool Compose>
-SAE_TARGET_WIDE void scan_rows_wide(const ScanArgs& a, const Work& wk, int64_t begin, int64_t end) {
-  scan_rows<S, 32 / sizeof(S), NV, M, Compose>(a, wk, begin, end);
-}
-
-template <typename S, int NV, Pass M, bool Compose>
-void scan_rows_base(const ScanArgs& a, const Work& wk, int64_t begin, int64_t end) {
-  scan_rows<S, 16 / sizeof(S), NV, M, Compose>(a, wk, begin, end);
-}
-
-template <typename S, int NV, Pass M>
-SAE_TARGET_WIDE void walk_chained_wide(const ScanArgs& a, const Work& wk, int64_t begin, int64_t end) {
-  walk_chained<S, 32 / sizeof(S), NV, M>(a, wk, begin, end);
-}
-
-template <typename S, int NV, Pass M>
-void walk_chained_base(const ScanArgs& a, const Work& wk, int64_t begin, int64_t end) {
-  walk_chained<S, 16 / sizeof(S), NV, M>(a, wk, begin, end);
-}
 
 bool cpu_has_avx2() {
 #if SAE_X86
@@ -69,39 +44,19 @@ bool cpu_has_avx2() {
 bool always() { return true; }
 
 // One ISA variant: its name (as SAE_CPU_VECTOR spells it), vector size, whether this CPU
-// runs it, its scan for each [float64][NV == kNV][pass][compose] and its chained walk of
-// split rows (chained_walk.h) for each [float64][NV == kNV][pass].
+// runs it, and its builds of the scan, float32 then float64 (scan_builds.h).
 struct IsaVariant {
   const char* name;
   int vector_bytes;
   bool (*available)();
-  ScanFn scan[2][2][3][2];
-  ScanFn chained[2][2][3];
+  const ScanBuilds* builds[2];
 };
-
-#define SAE_SCAN_PASS(fn, S, NV, M) {&fn<S, NV, M, false>, &fn<S, NV, M, true>}
-#define SAE_SCAN_PASSES(fn, S, NV)                                                       \
-  {SAE_SCAN_PASS(fn, S, NV, Pass::Forward), SAE_SCAN_PASS(fn, S, NV, Pass::Critic), \
-   SAE_SCAN_PASS(fn, S, NV, Pass::Adjoint)}
-#define SAE_SCAN_BUILDS(fn)                                                                   \
-  {{SAE_SCAN_PASSES(fn, float, 1), SAE_SCAN_PASSES(fn, float, kNV)},                          \
-   {SAE_SCAN_PASSES(fn, double, 1), SAE_SCAN_PASSES(fn, double, kNV)}}
-
-#define SAE_WALK_PASSES(fn, S, NV) {&fn<S, NV, Pass::Forward>, &fn<S, NV, Pass::Critic>, &fn<S, NV, Pass::Adjoint>}
-#define SAE_WALK_BUILDS(fn)                                           \
-  {{SAE_WALK_PASSES(fn, float, 1), SAE_WALK_PASSES(fn, float, kNV)}, \
-   {SAE_WALK_PASSES(fn, double, 1), SAE_WALK_PASSES(fn, double, kNV)}}
 
 // In order of preference: the first one available is used.
 const IsaVariant kIsaVariants[] = {
-    {"avx2", 32, &cpu_has_avx2, SAE_SCAN_BUILDS(scan_rows_wide), SAE_WALK_BUILDS(walk_chained_wide)},
-    {"base", 16, &always, SAE_SCAN_BUILDS(scan_rows_base), SAE_WALK_BUILDS(walk_chained_base)},
+    {"avx2", 32, &cpu_has_avx2, {&kWideFloat, &kWideDouble}},
+    {"base", 16, &always, {&kBaseFloat, &kBaseDouble}},
 };
-#undef SAE_WALK_BUILDS
-#undef SAE_WALK_PASSES
-#undef SAE_SCAN_BUILDS
-#undef SAE_SCAN_PASSES
-#undef SAE_SCAN_PASS
 
 // The preferred available variant, or the one SAE_CPU_VECTOR names if it is available.
 const IsaVariant& isa() {
@@ -131,7 +86,7 @@ void run_groups(const IsaVariant& v, const ScanArgs& a, Pass pass, bool compose,
                 int64_t n, int64_t item_tokens) {
   const int64_t W = v.vector_bytes / int64_t(sizeof(S));
   const int nv = vectors_per_group(n, W);
-  const ScanFn scan = v.scan[sizeof(S) == 8][nv == kNV][int(pass)][compose];
+  const ScanFn scan = v.builds[sizeof(S) == 8]->scan[nv == kNV][int(pass)][compose];
   const int64_t G = W * nv;
   const int64_t ngroups = (n + G - 1) / G;
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, G * item_tokens));
@@ -169,7 +124,7 @@ template <typename S>
 void run_chained(const IsaVariant& v, const ScanArgs& a, Pass pass, const Work& wk, int64_t nsplit) {
   const int64_t W = v.vector_bytes / int64_t(sizeof(S));
   const int nv = vectors_per_group(nsplit, W);
-  const ScanFn walk = v.chained[sizeof(S) == 8][nv == kNV][int(pass)];
+  const ScanFn walk = v.builds[sizeof(S) == 8]->chained[nv == kNV][int(pass)];
   const int64_t G = W * nv;
   torch::stable::parallel_for(0, (nsplit + G - 1) / G, 1, [&](int64_t gb, int64_t ge) {
     walk(a, wk, gb * G, std::min(nsplit, ge * G));

@@ -1,6 +1,7 @@
 // The scan engine: a thread's rows in groups of NV vectors of W rows, each group tile by
 // tile (see below), for the forward (advantages) and the adjoint pass. Templates on the
-// accumulation type S, the vector width W and NV; dispatch.cpp instantiates them per ISA.
+// accumulation type S, the vector width W and NV; builds_*.cpp instantiate them
+// per ISA (scan_builds.h).
 #pragma once
 
 #include <algorithm>

@@ -67,6 +67,12 @@ Kind kind_of(ScalarType s) {
   }
 }
 
+// A Tensor (not Tensor?) argument given as None reaches the kernel undefined: say so before
+// anything asks it for a device or a shape.
+void check_required(const char* op, const char* name, const Tensor& t) {
+  SAE_CHECK(t.defined(), op, ": `", name, "` is required, got None");
+}
+
 // The kernel's own device type: the first tensor checked is the reference for the others.
 void check_device_type(const char* op, const char* name, const Tensor& t, DeviceType device) {
   SAE_CHECK(t.device().type() == device, op, ": `", name, "` is on ", Where{t},
@@ -239,6 +245,8 @@ Prepared prepare_forward(const char* op, DeviceType device, const Tensor& reward
                          double threshold, const OptTensor& bootstrap, const Options& opt) {
   const char* cut_name = cut_is_logprobs ? "logprobs" : "boundaries";
   const bool packed = given(opt.cu_seqlens);
+  check_required(op, "rewards", rewards);
+  check_required(op, "values", values);
   check_device_type(op, "rewards", rewards, device);
   check_rows(op, "rewards", rewards, packed);
   check_float_tensor(op, "rewards", rewards);
@@ -308,6 +316,7 @@ Prepared prepare_adjoint(const char* op, DeviceType device, const OptTensor& gra
                          const OptTensor& logprobs, const OptTensor& boundaries, double gamma,
                          double lam, double lam_inner, double threshold, const Options& opt) {
   const bool packed = given(opt.cu_seqlens);
+  check_required(op, "mask", mask);
   check_device_type(op, "mask", mask, device);
   check_rows(op, "mask", mask, packed);
   check_mask_dtype(op, mask);
@@ -365,6 +374,8 @@ Prepared prepare_adjoint(const char* op, DeviceType device, const OptTensor& gra
 Tensor prepare_boundaries(const char* op, DeviceType device, const Tensor& logprobs,
                           const Tensor& mask, double threshold, CutSource& cut, Mat& mask_mat,
                           Params& p) {
+  check_required(op, "logprobs", logprobs);
+  check_required(op, "mask", mask);
   check_device_type(op, "logprobs", logprobs, device);
   check_2d(op, "logprobs", logprobs);
   check_float_tensor(op, "logprobs", logprobs);

@@ -389,3 +389,26 @@ def test_the_fake_kernels_check_through_the_shared_validator(monkeypatch):
     ops.advantages_backward(m["grad_advantages"], m["grad_returns"], m["mask"], m["logprobs"], None,
                             1.0, 0.5, 1.0, 0.2)
     assert len(called) == 1
+
+
+# A Tensor (not Tensor?) argument given as None: the kernel (CPU) and the fake (meta) say it is
+# required, in the same words, rather than failing on a device or shape query of nothing.
+def _required_cases(device):
+    b = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in _base().items()}
+    r, v, lp, m = b["rewards"], b["values"], b["logprobs"], b["mask"]
+    h = (b["gamma"], b["lam"], b["lam_inner"], b["threshold"])
+    return [
+        ("rewards", lambda: ops.advantages(None, v, lp, m, *h, None)),
+        ("values", lambda: ops.advantages(r, None, lp, m, *h, None)),
+        ("mask", lambda: ops.advantages_backward(r, v, None, lp, None, *h)),
+        ("logprobs", lambda: ops.segment_boundaries(None, m, b["threshold"])),
+        ("mask", lambda: ops.segment_boundaries(lp, None, b["threshold"])),
+    ]
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize("case", range(5))
+def test_required_tensor_given_as_none(device, case):
+    name, call = _required_cases(device)[case]
+    with pytest.raises(RuntimeError, match=f"`{name}` is required, got None"):
+        call()

@@ -47,6 +47,11 @@ def two_d(op, name, t):
                  f"with shape {_shape(t.shape)}")
 
 
+def required(op, name, t):
+    """A Tensor (not Tensor?) argument of the schema given as None."""
+    torch._check(t is not None, lambda: f"{op}: `{name}` is required, got None")
+
+
 def rows(op, name, t, packed=False):
     """2-D [B, T], or 1-D [N] for packed rows (with cu_seqlens)."""
     if not packed:
@@ -139,6 +144,8 @@ def check_forward(op, rewards, values, cut, cut_is_logprobs, mask, bootstrap: Op
     """advantages (cut = log-probs, may be None) and advantages_from_boundaries (cut = bool
     starts), with the variants' arguments."""
     packed = cu_seqlens is not None
+    required(op, "rewards", rewards)
+    required(op, "values", values)
     rows(op, "rewards", rewards, packed)
     float_dtype(op, "rewards", rewards)
     like(op, "values", values, "rewards", rewards, packed)
@@ -172,6 +179,7 @@ def check_adjoint(op, grad_advantages, grad_returns, mask, logprobs, boundaries,
                   cu_seqlens=None):
     """advantages_backward: at most one of logprobs / boundaries; either gradient may be None."""
     packed = cu_seqlens is not None
+    required(op, "mask", mask)
     rows(op, "mask", mask, packed)
     mask_dtype(op, mask)
     torch._check(logprobs is None or boundaries is None,
@@ -195,6 +203,8 @@ def check_adjoint(op, grad_advantages, grad_returns, mask, logprobs, boundaries,
 
 
 def check_segmentation(op, logprobs, mask, threshold):
+    required(op, "logprobs", logprobs)
+    required(op, "mask", mask)
     two_d(op, "logprobs", logprobs)
     float_dtype(op, "logprobs", logprobs)
     like(op, "mask", mask, "logprobs", logprobs)

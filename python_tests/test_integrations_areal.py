@@ -28,7 +28,8 @@ def _try_areal_actor():
         return actor, KLEstimator, None
     except Exception as exc:  # not installed, or a dependency missing
         return None, None, (f"areal.trainer.ppo.actor not importable ({type(exc).__name__}: "
-                            f"{exc}); install with scripts/install_frameworks_for_tests.sh")
+                            f"{exc}); run `bash scripts/test_frameworks.sh`, which installs "
+                            "areal into a side environment and runs these tests")
 
 
 areal_actor, KLEstimator, _areal_err = _try_areal_actor()

@@ -20,7 +20,7 @@ PPO_UTILS = "skyrl.backends.skyrl_train.utils.ppo_utils"
 
 def _import_ppo_utils():
     if importlib.util.find_spec("skyrl") is None:
-        return None, "skyrl not installed; install with scripts/install_frameworks_for_tests.sh"
+        return None, "skyrl not installed; run `bash scripts/test_frameworks.sh`, which installs it into a side environment and runs these tests"
     if sys.version_info < (3, 12) and "skyrl.backends.backend" not in sys.modules:
         placeholder = types.ModuleType("skyrl.backends.backend")
         placeholder.AbstractBackend = object
@@ -28,8 +28,9 @@ def _import_ppo_utils():
     try:
         return importlib.import_module(PPO_UTILS), None
     except Exception as exc:
-        return None, (f"{PPO_UTILS} not importable ({type(exc).__name__}: {exc}); install with "
-                      "scripts/install_frameworks_for_tests.sh")
+        return None, (f"{PPO_UTILS} not importable ({type(exc).__name__}: {exc}); run "
+                      "`bash scripts/test_frameworks.sh`, which installs it into a side environment "
+                      "and runs these tests")
 
 
 ppo_utils, _err = _import_ppo_utils()

@@ -20,7 +20,8 @@ PPO_UTILS = "skyrl.backends.skyrl_train.utils.ppo_utils"
 
 def _import_ppo_utils():
     if importlib.util.find_spec("skyrl") is None:
-        return None, "skyrl not installed; run `bash scripts/test_frameworks.sh`, which installs it into a side environment and runs these tests"
+        return None, ("skyrl not installed; run `bash scripts/test_frameworks.sh`, which installs "
+                      "it into a side environment and runs these tests")
     if sys.version_info < (3, 12) and "skyrl.backends.backend" not in sys.modules:
         placeholder = types.ModuleType("skyrl.backends.backend")
         placeholder.AbstractBackend = object

@@ -14,7 +14,8 @@
 // templates for one vector width and target, compiled in builds_*.cpp), the choice among
 // them at run time, and the split of the rows over torch's threads. Threads come from
 // torch::stable::parallel_for: a call through the stable C shim into libtorch's own
-// at::parallel_for, so the rows share torch's intra-op thread pool (torch.get_num_threads()) whatever this file is built with.
+// at::parallel_for, so the rows share torch's intra-op thread pool (torch.get_num_threads())
+// whatever this file is built with.
 #include "dispatch.h"
 
 #include <torch/csrc/stable/ops.h>

@@ -794,9 +794,12 @@ void check_packed_adjoint(const Packed& c, const char* name) {
   CHECK(std::fabs(lhs - rhs) <= 1e-5 * (mag + 1) * 30, "%s: adjoint mismatch %.10g vs %.10g", name, lhs, rhs);
 }
 
+// Packed row lengths with empty rows, a lone token, partial and whole chunks.
+const std::vector<int64_t> kMixedLengths = {0, 1, 7, 256, 300, 0, 33, 1029, 8};
+
 // One value dtype per case, so that ctest runs the three side by side.
 void variants_of(Kind vk) {
-  const std::vector<int64_t> mixed = {0, 1, 7, 256, 300, 0, 33, 1029, 8};
+  const std::vector<int64_t>& mixed = kMixedLengths;
   const std::vector<int64_t> aligned = {8, 256, 0, 520, 64};
   for (bool mask : {true, false}) {
     for (bool cut : {true, false}) {
@@ -826,7 +829,7 @@ void case_variants_f64() { variants_of(Kind::F64); }
 
 void case_variants_adjoint() {
   Packed c;
-  c.lengths = {0, 1, 7, 256, 300, 0, 33, 1029, 8};
+  c.lengths = kMixedLengths;
   check_packed_adjoint(c, "packed adjoint");
   c.with_cut = false;
   c.pad_start = 5;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include "../sae_elem.h"
 #include "../sae_step.h"
@@ -55,6 +56,22 @@ SAE_INLINE vec_t<float, W> f32_lanes(Kind kind, const void* p) {
     return vcast<F>(exp == 0 ? sub_bits : exp == 31 ? inf_nan : normal);
   }
   return loadu<F>(p);
+}
+
+// One float32 value from a float32 or bfloat16 element, as a lane of f32_lanes() gets it.
+template <Kind K>
+SAE_INLINE float f32_at(const char* p) {
+  uint32_t bits = 0;
+  if (K == Kind::BF16) {
+    uint16_t h;
+    memcpy(&h, p, 2);
+    bits = uint32_t(h) << 16;
+  } else {
+    memcpy(&bits, p, 4);
+  }
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
 }
 
 // dst[k] = element (row, t0 + k) of m as S, k < n; zeros up to the next multiple of W.
@@ -255,7 +272,7 @@ SAE_INLINE void stage_row_fast(const ScanArgs& a, const Consts<S, W>& cs, const 
   const float thr = a.p.log_p32;
   // Runs are read in the direction the scan walks the row, so that the hardware
   // prefetchers, which follow descending streams too, run ahead into the next tile.
-  for (int kk = 0; kk < n; kk += W) {
+  for (int kk = 0; kk + W <= n; kk += W) {
     const int k = Reverse ? n - W - kk : kk;
     storeu<R>(xs + k, __builtin_convertvector(f32_lanes<W>(K, pa + k * es), R));
     storeu<R>(ys + k, __builtin_convertvector(f32_lanes<W>(K, pb + k * es), R));
@@ -277,17 +294,30 @@ SAE_INLINE void stage_row_fast(const ScanArgs& a, const Consts<S, W>& cs, const 
       storeu<R>(ls + k, valid ? (cut ? rl.lam : rl.lam_inner) : cs.invalid);
     }
   }
+  // The n % W tokens left over (a row's first and last tiles, tiles_in() of scan_engine.h)
+  // one at a time, with the same conversions and comparisons as the vectors' lanes: at the
+  // start of the run when it is walked in reverse, else at its end.
+  const int rest = n % W, k0 = Reverse ? 0 : n - rest;
+  for (int k = k0; k < k0 + rest; ++k) {
+    xs[k] = S(f32_at<K>(pa + k * es));
+    ys[k] = S(f32_at<K>(pb + k * es));
+    const bool valid = NoMask || pm[k] != 0;
+    bool cut = false;
+    if (C == CutIn::LP) cut = f32_at<K>(pc + k * es) < thr;  // NaN: false
+    else if (C == CutIn::BD) cut = pc[k] != 0;
+    const S lam = rl.lam[0], inner = rl.lam_inner[0];
+    ls[k] = !valid ? masked_token_lambda<S>() : (C != CutIn::None && cut) ? lam : inner;
+  }
 }
 
 // Step 1 for one row, tokens t0 .. t0+n-1 (element (row, t) of each Mat; packed rows pass
-// their start in t0), padded with masked tokens up to `upto` (a multiple of W, >= n). A
-// run that is not whole chunks (a row's last, partial tile) takes the generic path.
+// their start in t0), padded with masked tokens up to `upto` (a multiple of W, >= n).
 template <typename S, int W, bool Reverse>
 SAE_INLINE void stage_row(const ScanArgs& a, const Consts<S, W>& cs, const RowLam<S, W>& rl,
                           Layout layout, int64_t row, int64_t t0, int n, int upto, S* xs, S* ys,
                           S* ls) {
   int done = n;
-  if (layout.fast && n % W == 0) {
+  if (layout.fast) {
     switch (layout.code) {
 #define SAE_FAST(code, K, C, NM) \
   case code: stage_row_fast<S, W, K, C, NM, Reverse>(a, cs, rl, row, t0, n, xs, ys, ls); break;

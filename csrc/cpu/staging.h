@@ -4,7 +4,6 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 
 #include "../sae_elem.h"
 #include "../sae_step.h"
@@ -56,22 +55,6 @@ SAE_INLINE vec_t<float, W> f32_lanes(Kind kind, const void* p) {
     return vcast<F>(exp == 0 ? sub_bits : exp == 31 ? inf_nan : normal);
   }
   return loadu<F>(p);
-}
-
-// One float32 value from a float32 or bfloat16 element, as a lane of f32_lanes() gets it.
-template <Kind K>
-SAE_INLINE float f32_at(const char* p) {
-  uint32_t bits = 0;
-  if (K == Kind::BF16) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    bits = uint32_t(h) << 16;
-  } else {
-    memcpy(&bits, p, 4);
-  }
-  float f;
-  memcpy(&f, &bits, 4);
-  return f;
 }
 
 // dst[k] = element (row, t0 + k) of m as S, k < n; zeros up to the next multiple of W.
@@ -298,15 +281,15 @@ SAE_INLINE void stage_row_fast(const ScanArgs& a, const Consts<S, W>& cs, const 
   // one at a time, with the same conversions and comparisons as the vectors' lanes: at the
   // start of the run when it is walked in reverse, else at its end.
   const int rest = n % W, k0 = Reverse ? 0 : n - rest;
+  const S lam = rl.lam[0], inner = rl.lam_inner[0];
   for (int k = k0; k < k0 + rest; ++k) {
-    xs[k] = S(f32_at<K>(pa + k * es));
-    ys[k] = S(f32_at<K>(pb + k * es));
+    xs[k] = S(load_number<float>(K, pa, k));
+    ys[k] = S(load_number<float>(K, pb, k));
     const bool valid = NoMask || pm[k] != 0;
     bool cut = false;
-    if (C == CutIn::LP) cut = f32_at<K>(pc + k * es) < thr;  // NaN: false
+    if (C == CutIn::LP) cut = load_number<float>(K, pc, k) < thr;  // NaN: false
     else if (C == CutIn::BD) cut = pc[k] != 0;
-    const S lam = rl.lam[0], inner = rl.lam_inner[0];
-    ls[k] = !valid ? masked_token_lambda<S>() : (C != CutIn::None && cut) ? lam : inner;
+    ls[k] = !valid ? masked_token_lambda<S>() : cut ? lam : inner;
   }
 }
 
